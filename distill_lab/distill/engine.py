@@ -1,0 +1,230 @@
+"""The one training loop, used for teacher fine-tuning and for distillation alike.
+
+Setup, then one loop whose phases are marked: evaluate / forward+backward / step / log.
+Pruning reaches the loop only through `on_eval(step, metrics) -> bool` (True = stop now).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from distill_lab.data.align import EncodedSplit, bucketed_batches, gather_words
+from distill_lab.distill import losses
+from distill_lab.distill.mapping import LayerMapping, hidden_index
+from distill_lab.distill.projection import project_pair
+from distill_lab.distill.teacher_cache import TeacherTargets
+from distill_lab.errors import TrialError
+from distill_lab.evaluation import Scores, evaluate
+
+OnEval = Callable[[int, dict[str, float]], bool]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    epochs: float
+    learning_rate: float
+    batch_size: int
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 13
+    eval_every: int = 50
+    eval_batch_size: int = 64
+
+
+@dataclass
+class Objective:
+    """Loss weights and what the distillation losses compare. Hard-only = plain fine-tuning."""
+
+    alpha_hard: float = 1.0
+    alpha_soft: float = 0.0
+    alpha_hidden: float = 0.0
+    alpha_attention: float = 0.0
+    temperature: float = 1.0
+    hidden_kind: str = "mse"
+    teacher: TeacherTargets | None = None
+    layer_mapping: LayerMapping = ()
+    attention_mapping: tuple[tuple[int, int], ...] = ()  # (teacher_layer, student_layer)
+    projections: nn.ModuleDict | None = None
+    projection_direction: str = "student_to_teacher"
+    class_weights: torch.Tensor | None = None
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.alpha_hidden > 0 and bool(self.layer_mapping)
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.alpha_attention > 0 and bool(self.attention_mapping)
+
+    def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+        """Forward the student and return every loss part plus their weighted `total`."""
+        outputs = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            output_hidden_states=self.needs_hidden,
+            output_attentions=self.needs_attention,
+        )
+        positions = batch["word_positions"].to(device)
+        word_logits = gather_words(outputs.logits, positions)
+        weights = None if self.class_weights is None else self.class_weights.to(device)
+        parts = {"hard": losses.hard_loss(word_logits, batch["labels"].to(device), weights)}
+        zero = word_logits.sum() * 0.0
+        parts["soft"] = parts["hidden"] = parts["attention"] = zero
+        if self.teacher is not None and (self.alpha_soft > 0 or self.needs_hidden or self.needs_attention):
+            targets = self.teacher.batch(batch["index"].tolist(), word_logits.size(1), batch["input_ids"].size(1))
+            if self.alpha_soft > 0:
+                mask = batch["word_mask"].to(device) & targets["mask"].to(device)
+                parts["soft"] = losses.soft_loss(word_logits, targets["logits"].to(device), mask, self.temperature)
+            if self.needs_hidden:
+                parts["hidden"] = self._hidden_loss(outputs.hidden_states, targets["hidden"], batch, device)
+            if self.needs_attention:
+                parts["attention"] = self._attention_loss(outputs.attentions, targets["attentions"], batch, device)
+        parts["total"] = (
+            self.alpha_hard * parts["hard"]
+            + self.alpha_soft * parts["soft"]
+            + self.alpha_hidden * parts["hidden"]
+            + self.alpha_attention * parts["attention"]
+        )
+        return parts
+
+    def _hidden_loss(self, student_states: Sequence[torch.Tensor], teacher_states: dict[int, torch.Tensor],
+                     batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        assert self.teacher is not None
+        word_level = self.teacher.word_level_hidden
+        mask = (batch["word_mask"] if word_level else batch["attention_mask"].bool()).to(device)
+        total = student_states[0].sum() * 0.0
+        for group, student_layer in self.layer_mapping:
+            # Many-to-one: the mean of a group of teacher layers supervises one student layer.
+            teacher_hidden = torch.stack([teacher_states[layer].to(device).float() for layer in group]).mean(0)
+            student_hidden = student_states[hidden_index(student_layer)]
+            if word_level:
+                student_hidden = gather_words(student_hidden, batch["word_positions"].to(device))
+            student_hidden, teacher_hidden = project_pair(
+                self.projections, self.projection_direction, student_layer, student_hidden, teacher_hidden
+            )
+            total = total + losses.hidden_loss(student_hidden, teacher_hidden, mask, self.hidden_kind)
+        return total / len(self.layer_mapping)
+
+    def _attention_loss(self, student_maps: Sequence[torch.Tensor], teacher_maps: dict[int, torch.Tensor],
+                        batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        mask = batch["attention_mask"].bool().to(device)
+        total = student_maps[0].sum() * 0.0
+        for teacher_layer, student_layer in self.attention_mapping:
+            teacher_map = teacher_maps[teacher_layer].to(device).float()
+            total = total + losses.attention_loss(student_maps[student_layer], teacher_map, mask)
+        return total / len(self.attention_mapping)
+
+
+@dataclass
+class TrainResult:
+    best_dev_f1: float
+    best_step: int
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    wall_seconds: float = 0.0
+    train_tokens: int = 0
+    best_dev_scores: Scores | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrialError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, labels: Sequence[str],
+          recipe: TrainRecipe, objective: Objective, *, device: torch.device | None = None,
+          on_eval: OnEval | None = None, progress: Progress | None = None) -> TrainResult:
+    """Train `model` on `train_split`, evaluating on `dev_split`; the best dev-F1 weights are kept."""
+    device = device or torch.device("cpu")
+    torch.manual_seed(recipe.seed)
+    model.to(device)
+    if objective.projections is not None:
+        objective.projections.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if objective.projections is not None:
+        trainable += list(objective.projections.parameters())
+    no_decay = [p for p in trainable if p.ndim < 2]  # biases and LayerNorm weights
+    decay = [p for p in trainable if p.ndim >= 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+    )
+    batches_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
+    total_steps = max(1, math.ceil(recipe.epochs * batches_per_epoch))
+    warmup_steps = int(recipe.warmup_ratio * total_steps)
+
+    def lr_factor(step: int) -> float:  # linear warmup, then linear decay to 0
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    result = TrainResult(best_dev_f1=-1.0, best_step=0, steps=0)
+    best_state: dict[str, torch.Tensor] | None = None
+    running: dict[str, float] = {}
+    started = time.perf_counter()
+    step, epoch = 0, 0
+    model.train()
+    while step < total_steps:
+        for indices in bucketed_batches(train_split.lengths, recipe.batch_size, seed=recipe.seed, epoch=epoch):
+            if step >= total_steps:
+                break
+            batch = train_split.batch(indices)
+            # forward + backward
+            parts = objective.losses(model, batch, device)
+            if not torch.isfinite(parts["total"]):
+                raise TrialError(f"loss became {parts['total'].item()} at step {step + 1} (lower the learning rate?)")
+            optimizer.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            torch.nn.utils.clip_grad_norm_(trainable, recipe.max_grad_norm)
+            # step
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            result.train_tokens += int(batch["attention_mask"].sum())
+            for name, value in parts.items():
+                running[name] = running.get(name, 0.0) + float(value.detach())
+            running["_count"] = running.get("_count", 0.0) + 1
+            if progress is not None:
+                progress(step, total_steps)
+            # evaluate + log
+            if step % recipe.eval_every == 0 or step == total_steps:
+                scores, _ = evaluate(model, dev_split, labels, batch_size=recipe.eval_batch_size, device=device)
+                count = running.pop("_count")
+                metrics = {f"loss_{name}": value / count for name, value in running.items()}
+                metrics.update(dev_f1=scores.f1, dev_precision=scores.precision, dev_recall=scores.recall,
+                               learning_rate=optimizer.param_groups[0]["lr"], epoch=epoch + 1, step=step)
+                running = {}
+                result.history.append(metrics)
+                if scores.f1 > result.best_dev_f1:
+                    result.best_dev_f1, result.best_step, result.best_dev_scores = scores.f1, step, scores
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                if on_eval is not None and on_eval(step, metrics):
+                    result.stopped_early = True
+                    break
+        if result.stopped_early:
+            break
+        epoch += 1
+    result.steps = step
+    result.wall_seconds = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result

@@ -1,0 +1,90 @@
+"""seqeval entity-level scores, per-type F1 and the practitioner's diagnosis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+
+from distill_lab.data.align import EncodedSplit, bucketed_batches, gather_words
+
+
+@dataclass(frozen=True)
+class Scores:
+    f1: float
+    precision: float
+    recall: float
+    per_type: dict[str, float] = field(default_factory=dict)
+    report: str = ""
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        values = {f"{prefix}_f1": self.f1, f"{prefix}_precision": self.precision, f"{prefix}_recall": self.recall}
+        values.update({f"{prefix}_f1_{entity}": score for entity, score in self.per_type.items()})
+        return values
+
+
+def score(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> Scores:
+    """Entity-level micro P/R/F1 (strict IOB2, as in the CoNLL evaluation) and per-type F1."""
+    gold, predicted = [list(tags) for tags in gold], [list(tags) for tags in predicted]
+    kwargs = dict(mode="strict", scheme=IOB2, zero_division=0)
+    report = classification_report(gold, predicted, output_dict=True, **kwargs)
+    per_type = {name: float(values["f1-score"]) for name, values in report.items() if "avg" not in name}
+    return Scores(
+        f1=float(f1_score(gold, predicted, **kwargs)),
+        precision=float(precision_score(gold, predicted, **kwargs)),
+        recall=float(recall_score(gold, predicted, **kwargs)),
+        per_type=per_type,
+        report=classification_report(gold, predicted, digits=4, **kwargs),
+    )
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str], *, batch_size: int = 64,
+            device: torch.device | str = "cpu") -> list[list[str]]:
+    """Word-level tags; words cut off by max_length are predicted 'O' (so they count as misses)."""
+    was_training = model.training
+    model.eval()
+    predictions: list[list[str]] = [[] for _ in range(len(split))]
+    for indices in bucketed_batches(split.lengths, batch_size, seed=0, epoch=0, shuffle=False):
+        batch = split.batch(indices)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        word_ids = gather_words(logits, batch["word_positions"].to(device)).argmax(-1).cpu()
+        for row, index in enumerate(indices):
+            n_kept = len(split.encoded[index].word_positions)
+            tags = [labels[i] for i in word_ids[row, :n_kept].tolist()]
+            predictions[index] = tags + ["O"] * (split.encoded[index].n_words - n_kept)
+    model.train(was_training)
+    return predictions
+
+
+def evaluate(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str], *, batch_size: int = 64,
+             device: torch.device | str = "cpu") -> tuple[Scores, list[list[str]]]:
+    predicted = predict(model, split, labels, batch_size=batch_size, device=device)
+    gold = [list(sentence.tags or ()) for sentence in split.sentences]
+    return score(gold, predicted), predicted
+
+
+def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], predicted_types: Sequence[str], *,
+             overfit_gap: float, random_floor: float) -> tuple[str, str]:
+    """The practitioner's mind-map: (label, advice)."""
+    if dev.f1 < random_floor:
+        return "near-random", "predictions look random: check and clean the data"
+    missing = sorted(set(gold_types) - set(predicted_types))
+    if missing:
+        return ("label-collapse",
+                f"never predicts {', '.join(missing)}: augment the data (data.augment) or reweight minority "
+                "classes (distill.class_weights), add transfer data (data.transfer)")
+    if train_sample_f1 - dev.f1 > overfit_gap:
+        return "overfitting", "train F1 far above dev F1: bigger student, lower T, adjust the intermediate loss"
+    return "ok", "no issue detected"
+
+
+def entity_types(tag_sequences: Sequence[Sequence[str]]) -> list[str]:
+    return sorted({tag[2:] for tags in tag_sequences for tag in tags if tag != "O"})
+
+
+def summarise(values: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())

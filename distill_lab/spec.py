@@ -1,0 +1,509 @@
+"""Study specs: YAML -> validated, frozen pydantic models.
+
+Validation happens once, here, at the edge. Everything past `resolve()` receives a frozen
+`RunConfig`, never a raw dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from distill_lab.errors import SpecError
+
+
+class _Model(BaseModel):
+    # extra="forbid": pydantic silently drops unknown keys otherwise, hiding typos in specs.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+class SyntheticSpec(_Model):
+    n_train: int = Field(600, ge=1)
+    n_dev: int = Field(200, ge=1)
+    n_test: int = Field(200, ge=1)
+    seed: int = 0
+
+
+class TransferSpec(_Model):
+    """Extra unlabeled sentences used only for the teacher (soft) and intermediate losses."""
+
+    path: str | None = None
+    from_train_remainder: bool = False
+    max_sentences: int | None = Field(None, ge=1)
+    ratio: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TransferSpec":
+        if bool(self.path) == self.from_train_remainder:
+            raise ValueError("set exactly one of 'path' or 'from_train_remainder: true'")
+        return self
+
+
+class DataSpec(_Model):
+    source: Literal["synthetic", "conll", "hub"] = "synthetic"
+    path: str | None = None  # conll: a directory with train/dev/test files
+    name: str | None = None  # hub: dataset name, e.g. conll2003
+    config: str | None = None  # hub: dataset config, e.g. "en" for wikiann
+    scheme: Literal["auto", "iob1", "iob2", "bioes"] = "auto"
+    synthetic: SyntheticSpec = SyntheticSpec()
+    max_train_sentences: int | None = Field(None, ge=1)
+    max_eval_sentences: int | None = Field(None, ge=1)
+    max_test_sentences: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=8, le=4096)
+    train_sample_size: int = Field(500, ge=1)  # train sentences scored for the overfitting signal
+    trust_remote_code: bool = False
+    transfer: TransferSpec | None = None
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "DataSpec":
+        if self.source == "conll" and not self.path:
+            raise ValueError("source 'conll' needs 'path' (a directory with train/dev/test files)")
+        if self.source == "hub" and not self.name:
+            raise ValueError("source 'hub' needs 'name' (a dataset name such as conll2003)")
+        return self
+
+
+# --------------------------------------------------------------------------- models
+class FinetuneSpec(_Model):
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    seed: int = 13
+
+
+class TeacherSpec(_Model):
+    model: str = "minilm-l6"
+    finetune: FinetuneSpec | None = None
+    checkpoint: str | None = None  # an already fine-tuned token classifier
+    trust_remote_code: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, data: Any) -> Any:
+        # Without a checkpoint the teacher is fine-tuned with the default recipe.
+        if isinstance(data, dict):
+            if data.get("finetune") is not None and data.get("checkpoint"):
+                raise ValueError("set either 'finetune' or 'checkpoint', not both")
+            if data.get("finetune") is None and not data.get("checkpoint"):
+                data = {**data, "finetune": {}}
+        return data
+
+
+class FromTeacherSpec(_Model):
+    num_layers: int = Field(3, ge=1)
+    hidden_size: int | None = Field(None, ge=1)
+    num_attention_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=1)
+
+
+class InitSpec(_Model):
+    strategy: Literal["teacher", "pretrained", "checkpoint", "random"] = "teacher"
+    layers: Union[Literal["uniform", "first"], list[int]] = "uniform"
+    checkpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _checkpoint_path(self) -> "InitSpec":
+        if self.strategy == "checkpoint" and not self.checkpoint:
+            raise ValueError("strategy 'checkpoint' needs 'checkpoint: PATH'")
+        if isinstance(self.layers, list) and any(i < 0 for i in self.layers):
+            raise ValueError(f"layers must be non-negative teacher layer indices, got {self.layers}")
+        return self
+
+
+class StudentSpec(_Model):
+    from_teacher: FromTeacherSpec | None = None
+    model: str | None = None
+    init: InitSpec = InitSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("from_teacher") is None and data.get("model") is None:
+                data = {**data, "from_teacher": {}}
+            elif data.get("from_teacher") is not None and data.get("model") is not None:
+                raise ValueError("set either 'from_teacher' or 'model', not both")
+        return data
+
+
+# --------------------------------------------------------------------------- training
+class TrainingSpec(_Model):
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 13
+    eval_every: int = Field(50, ge=1)  # optimizer steps between dev evaluations
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1)
+
+
+class LayerMappingSpec(_Model):
+    strategy: Literal["uniform", "explicit", "many_to_one", "last", "skip"] = "uniform"
+    pairs: list[tuple[int, int]] | None = None  # explicit: [teacher_layer, student_layer]
+    groups: list[list[int]] | None = None  # many_to_one: teacher layers per student layer
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> "LayerMappingSpec":
+        if self.strategy == "explicit" and not self.pairs:
+            raise ValueError("strategy 'explicit' needs 'pairs: [[teacher, student], ...]'")
+        if self.pairs and self.strategy != "explicit":
+            raise ValueError(f"'pairs' only applies to strategy 'explicit', not '{self.strategy}'")
+        if self.groups and self.strategy != "many_to_one":
+            raise ValueError(f"'groups' only applies to strategy 'many_to_one', not '{self.strategy}'")
+        return self
+
+
+class ProjectionSpec(_Model):
+    kind: Literal["linear", "conv1d"] = "linear"
+    direction: Literal["student_to_teacher", "teacher_to_student"] = "student_to_teacher"
+    kernel_size: int = Field(1, ge=1)
+
+
+class DistillSpec(_Model):
+    temperature: float = 4.0
+    alpha_hard: float = 0.5
+    alpha_soft: float = 0.5
+    alpha_hidden: float = 0.0
+    alpha_attention: float = 0.0
+    hidden_loss: Literal["mse", "cosine"] = "mse"
+    layer_mapping: LayerMappingSpec = LayerMappingSpec()
+    projection: ProjectionSpec = ProjectionSpec()
+    class_weights: Union[Literal["none", "inverse_frequency"], dict[str, float]] = "none"
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"temperature must be > 0 but got {value}")
+        return value
+
+    @field_validator("alpha_hard", "alpha_soft", "alpha_hidden", "alpha_attention")
+    @classmethod
+    def _non_negative_alpha(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"loss weights cannot be negative but got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "DistillSpec":
+        if self.alpha_hard + self.alpha_soft + self.alpha_hidden + self.alpha_attention == 0:
+            raise ValueError(
+                "all loss weights are 0: set at least one of alpha_hard, alpha_soft, "
+                "alpha_hidden, alpha_attention > 0"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- study
+class FloatParam(_Model):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+class IntParam(_Model):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+class CategoricalParam(_Model):
+    type: Literal["categorical"]
+    choices: list[Any]
+
+
+class GridParam(_Model):
+    type: Literal["grid"]
+    values: list[Any]
+
+
+class MappingStrategyParam(_Model):
+    """A categorical over named layer-mapping strategies."""
+
+    type: Literal["mapping_strategy"]
+    choices: list[Literal["uniform", "last", "skip", "many_to_one"]]
+
+
+class MonotoneMappingParam(_Model):
+    """Searches the teacher layer of every student layer, strictly increasing."""
+
+    type: Literal["monotone_mapping"]
+    pin_ends: bool = True  # head -> head and tail -> tail
+
+
+ParamSpec = Annotated[
+    Union[
+        FloatParam, IntParam, CategoricalParam, GridParam, MappingStrategyParam, MonotoneMappingParam
+    ],
+    Field(discriminator="type"),
+]
+
+
+class StudySection(_Model):
+    n_trials: int = Field(6, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    direction: Literal["maximize", "minimize"] = "maximize"
+    metric: Literal["dev_f1"] = "dev_f1"
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "none"
+    seeds: list[int] | None = None
+    search_space: dict[str, ParamSpec] = {}
+    sampler_seed: int = 0
+
+
+class DiagnosisSpec(_Model):
+    overfit_gap: float = Field(0.15, ge=0, le=1)  # train-sample F1 minus dev F1
+    random_floor: float = Field(0.05, ge=0, le=1)  # dev F1 below this looks like noise
+
+
+class TrackingSpec(_Model):
+    experiment: str | None = None  # defaults to the study name
+    tracking_uri: str | None = None
+    log_artifacts: bool = True
+    save_best: bool = False
+
+
+class StudySpec(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    data: DataSpec = DataSpec()
+    teacher: TeacherSpec = TeacherSpec()
+    student: StudentSpec = StudentSpec()
+    training: TrainingSpec = TrainingSpec()
+    distill: DistillSpec = DistillSpec()
+    study: StudySection = StudySection()
+    diagnosis: DiagnosisSpec = DiagnosisSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _search_space_paths(self) -> "StudySpec":
+        for path, param in self.study.search_space.items():
+            _check_search_path(path, param)
+        return self
+
+
+class RunConfig(_Model):
+    """Everything one distillation run needs: the spec with sampled values filled in."""
+
+    name: str
+    data: DataSpec
+    teacher: TeacherSpec
+    student: StudentSpec
+    training: TrainingSpec
+    distill: DistillSpec
+    diagnosis: DiagnosisSpec = DiagnosisSpec()
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view of the config, as logged to tracking."""
+        return flatten(self.model_dump(mode="json"))
+
+
+RUN_SECTIONS = ("data", "teacher", "student", "training", "distill", "diagnosis")
+
+
+# --------------------------------------------------------------------------- helpers
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, where: str = "") -> Any:
+    """Replace ${VAR} / ${VAR:-default} in every string of a YAML tree."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, f"{where}.{key}" if where else str(key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise SpecError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+    return _VAR.sub(substitute, value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b.c=value` -> ("a.b.c", parsed value). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected dotted.key=value, e.g. distill.temperature=8")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
+        raise SpecError(f"--set {text!r}: {key!r} is not a dotted key like training.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise SpecError(f"--set {text!r}: value is not valid YAML ({err.__class__.__name__})") from err
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any, *, create: bool = True) -> None:
+    """Set tree[a][b][c] = value for key 'a.b.c'; intermediate dicts are created when allowed."""
+    parts = key.split(".")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            if not create:
+                raise SpecError(f"{key}: no section {'.'.join(parts[: depth + 1])!r} in the spec")
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise SpecError(f"{key}: {'.'.join(parts[: depth + 1])!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    location = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-"))
+    # Discriminated unions and validators put type tags in the location; they only confuse users.
+    location = re.sub(r"\.(float|int|categorical|grid|mapping_strategy|monotone_mapping|str|list\[int\]|literal\[[^\]]*\])(?=\.|$)", "", location)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see the sections in studies/quickstart.yaml)"
+    elif first["type"] == "literal_error":
+        message = f"got {first.get('input')!r}; {message.lower()}"
+    elif "input" in first and not isinstance(first["input"], dict) and first["type"] not in ("missing", "value_error"):
+        message = f"{message} (got {first['input']!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    where = f"{location}: " if location else ""
+    return f"{source}: {where}{message}{more}"
+
+
+def _check_search_path(path: str, param: Any) -> None:
+    section = path.split(".")[0]
+    if section not in RUN_SECTIONS:
+        raise ValueError(f"study.search_space key {path!r}: must start with one of {', '.join(RUN_SECTIONS)}")
+    if isinstance(param, (MappingStrategyParam, MonotoneMappingParam)) and path != "distill.layer_mapping":
+        raise ValueError(f"study.search_space key {path!r}: a {param.type} parameter must be keyed distill.layer_mapping")
+    if path == "distill.layer_mapping" and not isinstance(param, (MappingStrategyParam, MonotoneMappingParam)):
+        raise ValueError("search_space key 'distill.layer_mapping': use type mapping_strategy or monotone_mapping")
+    if isinstance(param, (FloatParam, IntParam)):
+        if param.low > param.high:
+            raise ValueError(f"study.search_space {path!r}: low ({param.low}) must be <= high ({param.high})")
+        if param.log and param.low <= 0:
+            raise ValueError(f"study.search_space {path!r}: log scale needs low > 0 but got {param.low}")
+    if isinstance(param, CategoricalParam) and not param.choices:
+        raise ValueError(f"study.search_space {path!r}: categorical 'choices' must not be empty")
+    if isinstance(param, GridParam) and not param.values:
+        raise ValueError(f"study.search_space {path!r}: grid 'values' must not be empty")
+    if isinstance(param, MappingStrategyParam) and not param.choices:
+        raise ValueError(f"study.search_space {path!r}: mapping_strategy 'choices' must not be empty")
+
+
+def _sample_value(param: Any) -> Any:
+    """A representative value for a search parameter, used to check that its path exists."""
+    if isinstance(param, (FloatParam, IntParam)):
+        return param.low
+    if isinstance(param, CategoricalParam):
+        return param.choices[0]
+    if isinstance(param, GridParam):
+        return param.values[0]
+    if isinstance(param, MappingStrategyParam):
+        return {"strategy": param.choices[0]}
+    return {"strategy": "uniform"}
+
+
+# --------------------------------------------------------------------------- public API
+def load_raw(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}:{line} invalid YAML ({getattr(err, 'problem', err)})") from err
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not a UTF-8 text file") from err
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec must be a mapping with sections name, data, teacher, ...")
+    return raw
+
+
+def parse_spec(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "spec") -> StudySpec:
+    tree = copy.deepcopy(raw)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(tree, key, value)
+    tree = interpolate(tree)
+    try:
+        spec = StudySpec.model_validate(tree)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err, source)) from None
+    # Search-space paths must point at real config fields: resolve once with sample values.
+    for path, param in spec.study.search_space.items():
+        try:
+            resolve(spec, {path: _sample_value(param)})
+        except SpecError as err:
+            raise SpecError(f"{source}: study.search_space {path!r}: {err}") from None
+    return spec
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Read a YAML spec, apply --set overrides and ${VAR} interpolation, validate."""
+    return parse_spec(load_raw(path), overrides, source=str(path))
+
+
+def resolve(spec: StudySpec, params: dict[str, Any] | None = None) -> RunConfig:
+    """Fill sampled values (dotted keys) into the spec's run sections -> frozen RunConfig."""
+    tree = spec.model_dump(mode="json", include=set(RUN_SECTIONS) | {"name"})
+    for key, value in (params or {}).items():
+        _check_existing_path(tree, key)
+        set_dotted(tree, key, value, create=False)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err, "resolved config")) from None
+
+
+def _check_existing_path(tree: dict[str, Any], key: str) -> None:
+    # model_dump includes every field (None when unset), so a key that is absent is a typo.
+    parts = key.split(".")
+    if parts[0] not in RUN_SECTIONS:
+        raise SpecError(f"{key}: unknown path; must start with one of {', '.join(RUN_SECTIONS)}")
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise SpecError(f"{key}: unknown path (no field {'.'.join(parts[: depth + 1])!r})")
+        node = node[part]

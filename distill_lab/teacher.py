@@ -1,0 +1,124 @@
+"""The teacher stage: fine-tune once per fingerprint of (model, data, recipe), then reuse from disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_lab import models
+from distill_lab.data.align import encode_sentences
+from distill_lab.data.corpus import NerCorpus, fingerprint
+from distill_lab.distill.engine import Objective, Progress, TrainRecipe, train
+from distill_lab.evaluation import evaluate
+from distill_lab.paths import home_dir
+from distill_lab.spec import RunConfig
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when the fine-tune procedure changes, so old teachers are not reused
+
+
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    tokenizer: Any
+    ref: models.ModelRef
+    dev_f1: float
+    test_f1: float
+    fingerprint: str
+    directory: str | None
+    reused: bool
+    fine_tune_seconds: float = 0.0
+
+
+def _file_digest(directory: str) -> str:
+    config = Path(directory) / "config.json"
+    return hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else directory
+
+
+def teacher_fingerprint(config: RunConfig, corpus: NerCorpus, ref: models.ModelRef) -> str:
+    recipe = config.teacher.finetune.model_dump() if config.teacher.finetune else {}
+    payload = {
+        "version": CACHE_VERSION,
+        "model": ref.reference,
+        "model_files": _file_digest(ref.location) if ref.kind != "hub" else ref.location,
+        "train": fingerprint(corpus.train),
+        "dev": fingerprint(corpus.dev),
+        "labels": list(corpus.labels),
+        "max_length": config.data.max_length,
+        "recipe": recipe,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.device,
+                    progress: Progress | None = None) -> Teacher:
+    """Load a fine-tuned teacher from its checkpoint or the cache; fine-tune it on a miss."""
+    spec = config.teacher
+    ref = models.resolve_reference(spec.model, trust_remote_code=spec.trust_remote_code, field="teacher.model")
+    model_type = models.load_config(ref).model_type
+    tokenizer = models.load_tokenizer(ref, model_type)
+    labels = corpus.labels
+    if spec.checkpoint:
+        model = models.load_token_classifier(spec.checkpoint, labels, trust_remote_code=spec.trust_remote_code)
+        dev = encode_sentences(corpus.dev, tokenizer, _label2id(labels), config.data.max_length)
+        test = encode_sentences(corpus.test, tokenizer, _label2id(labels), config.data.max_length)
+        dev_scores, _ = evaluate(model.to(device), dev, labels, device=device)
+        test_scores, _ = evaluate(model, test, labels, device=device)
+        return Teacher(model, tokenizer, ref, dev_scores.f1, test_scores.f1, "checkpoint", spec.checkpoint, True)
+
+    key = teacher_fingerprint(config, corpus, ref)
+    directory = home_dir() / "teachers" / key
+    record = directory / "teacher.json"
+    if record.is_file():
+        info = json.loads(record.read_text())
+        model = models.load_token_classifier(directory, labels)
+        log.info("reusing fine-tuned teacher %s (dev F1 %.4f)", directory, info["dev_f1"])
+        return Teacher(model, tokenizer, ref, info["dev_f1"], info["test_f1"], key, str(directory), True,
+                       info.get("fine_tune_seconds", 0.0))
+
+    recipe_spec = spec.finetune
+    assert recipe_spec is not None  # the spec fills a default recipe when no checkpoint is given
+    torch.manual_seed(recipe_spec.seed)
+    model = models.token_classifier_from_backbone(ref, labels)
+    label2id = _label2id(labels)
+    train_split = encode_sentences(corpus.train, tokenizer, label2id, config.data.max_length)
+    dev_split = encode_sentences(corpus.dev, tokenizer, label2id, config.data.max_length)
+    test_split = encode_sentences(corpus.test, tokenizer, label2id, config.data.max_length)
+    recipe = TrainRecipe(
+        epochs=recipe_spec.epochs, learning_rate=recipe_spec.learning_rate, batch_size=recipe_spec.batch_size,
+        weight_decay=recipe_spec.weight_decay, warmup_ratio=recipe_spec.warmup_ratio, seed=recipe_spec.seed,
+        eval_every=10**9, eval_batch_size=config.training.eval_batch_size,
+    )
+    result = train(model, train_split, dev_split, labels, recipe, Objective(), device=device, progress=progress)
+    test_scores, _ = evaluate(model, test_split, labels, batch_size=recipe.eval_batch_size, device=device)
+    info = {"dev_f1": result.best_dev_f1, "test_f1": test_scores.f1, "fine_tune_seconds": result.wall_seconds,
+            "reference": ref.reference, "recipe": recipe_spec.model_dump(), "steps": result.steps}
+    _publish(model, tokenizer, directory, info)
+    return Teacher(model, tokenizer, ref, result.best_dev_f1, test_scores.f1, key, str(directory), False,
+                   result.wall_seconds)
+
+
+def _publish(model: torch.nn.Module, tokenizer: Any, directory: Path, info: dict[str, Any]) -> None:
+    """Write to a staging dir, then rename: a crash never leaves a half-written teacher behind."""
+    staging = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / "teacher.json").write_text(json.dumps(info, indent=2))
+    try:
+        staging.rename(directory)
+    except OSError:  # another worker published the same teacher first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _label2id(labels: tuple[str, ...]) -> dict[str, int]:
+    return {label: index for index, label in enumerate(labels)}
