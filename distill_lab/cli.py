@@ -37,9 +37,14 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import transformers
 
     transformers.logging.set_verbosity_error()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         transformers.utils.logging.disable_progress_bar()
     except AttributeError:
@@ -71,7 +76,9 @@ def run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     from distill_lab.pipeline import run_distillation
     from distill_lab.progress import StageProgress
 
-    with StageProgress(console, enabled=not as_json or sys.stderr.isatty()) as progress:
+    # Bars only on a terminal: redirected, rich prints their final state, and a failed run's
+    # stderr must stay the one error line.
+    with StageProgress(console, enabled=sys.stderr.isatty()) as progress:
         result = run_distillation(config, stage=progress.update)
     summary = result.summary()
     if as_json:
@@ -109,6 +116,110 @@ def _print_summary(summary: dict[str, Any]) -> None:
               f"train-sample F1 {student['train_sample_f1'] * 100:.2f}, diagnosis: {summary['diagnosis']} "
               f"({summary['advice']})")
     out.print(f"{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, wall time {summary['wall_seconds']:.1f} s")
+
+
+study_app = typer.Typer(help="Optuna studies: run, join as a worker, inspect.", no_args_is_help=True)
+trial_app = typer.Typer(help="Single trials of a study.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+app.add_typer(trial_app, name="trial")
+
+StorageOption = typer.Option(None, "--storage", help="Optuna storage: journal file path (default "
+                             ".distill_lab/optuna.journal), sqlite:///..., postgresql+psycopg2://...")
+TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the spec's, "
+                              "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+def _context(spec_path: Path, overrides: list[str] | None, storage: str | None, tracking_uri: str | None,
+             n_trials: int | None, timeout: float | None, save_best: bool, workers: int = 1) -> Any:
+    from distill_lab import search_space, study
+    from distill_lab.spec import load_spec
+    from distill_lab.tracking import default_tracking_uri
+
+    spec = load_spec(spec_path, overrides or [])
+    search_space.check_space(spec)
+    if n_trials is not None and n_trials < 1:
+        raise DistillLabError(f"--n-trials must be >= 1 but got {n_trials}")
+    if workers < 1:
+        raise DistillLabError(f"--workers must be >= 1 but got {workers}")
+    _quiet_libraries()
+    n_teacher, n_student = study.layer_counts(spec)
+    if spec.distill.alpha_hidden > 0 or spec.distill.alpha_attention > 0 or "distill.layer_mapping" in spec.study.search_space:
+        # Validate the base mapping now: nothing is written to Optuna or MLflow for a bad spec.
+        from distill_lab.distill.mapping import build_mapping
+
+        base = spec.distill.layer_mapping
+        build_mapping(base.strategy, n_teacher, n_student,
+                      pairs=[list(p) for p in base.pairs] if base.pairs else None, groups=base.groups)
+    return study.StudyContext(
+        spec=spec, storage_url=storage or study.default_storage(),
+        tracking_uri=default_tracking_uri(tracking_uri, spec.tracking.tracking_uri),
+        n_trials=study.target_trials(spec, n_trials), n_teacher=n_teacher, n_student=n_student,
+        save_best=save_best, timeout=timeout)
+
+
+@study_app.command("run")
+def study_run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
+              storage: Optional[str] = StorageOption, tracking_uri: Optional[str] = TrackingOption,
+              n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Finished trials wanted (default: spec)."),
+              timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after S seconds."),
+              workers: int = typer.Option(1, "--workers", help="Local worker processes."),
+              save_best: bool = typer.Option(False, "--save-best", help="Log the best trial's student checkpoint."),
+              overrides: Optional[list[str]] = SetOption) -> None:
+    """Create or resume a study and run it until n_trials trials are finished."""
+    from distill_lab.study_runner import run_study
+
+    ctx = _context(spec, overrides, storage, tracking_uri, n_trials, timeout, save_best, workers)
+    code = run_study(ctx, workers=workers, console=console, out=out)
+    if code:
+        raise typer.Exit(code)
+
+
+@study_app.command("worker")
+def study_worker(spec: Path = typer.Argument(..., help="The study spec the study was created with."),
+                 storage: str = typer.Option(..., "--storage", help="The study's shared Optuna storage URL."),
+                 tracking_uri: Optional[str] = TrackingOption,
+                 overrides: Optional[list[str]] = SetOption) -> None:
+    """Join an existing study (created by `study run`) from any host and work until it is done."""
+    from distill_lab.study_runner import run_worker
+
+    ctx = _context(spec, overrides, storage, tracking_uri, None, None, False)
+    raise typer.Exit(run_worker(ctx, console=console))
+
+
+@study_app.command("status")
+def study_status(spec_or_name: str = typer.Argument(..., help="A spec file or a study name."),
+                 storage: Optional[str] = StorageOption) -> None:
+    """Print the trials table: number, state, params, value, MLflow run id."""
+    from distill_lab.study_runner import print_status
+
+    print_status(spec_or_name, storage, out)
+
+
+@trial_app.command("rerun")
+def trial_rerun(study_name: str = typer.Argument(..., help="Study name."),
+                trial_number: Optional[int] = typer.Argument(None, help="Trial number."),
+                run_id: Optional[str] = typer.Option(None, "--run-id", help="Pick the trial by its MLflow run id."),
+                storage: Optional[str] = StorageOption, tracking_uri: Optional[str] = TrackingOption,
+                as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON.")) -> None:
+    """Re-run one recorded trial with identical config and seeds; compare dev F1."""
+    from distill_lab.study_runner import rerun_trial
+
+    _quiet_libraries()
+    raise typer.Exit(rerun_trial(study_name, trial_number, run_id, storage, tracking_uri, as_json, out, console))
+
+
+@app.command()
+def ui(tracking_uri: Optional[str] = TrackingOption,
+       port: int = typer.Option(5000, "--port"), host: str = typer.Option("127.0.0.1", "--host")) -> None:
+    """Start the MLflow UI on the tracking store in use."""
+    import subprocess
+
+    from distill_lab.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(tracking_uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    console.print(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(command))
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import os
 import re
 import socket
@@ -28,6 +29,8 @@ TINY_FAMILIES = {"bert": "bert", "roberta": "roberta", "electra": "electra", "de
 # Tokenizers of these model types need add_prefix_space for pre-split words.
 _PREFIX_SPACE_TYPES = {"roberta", "gpt2", "longformer", "bart", "deberta"}
 _LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+_TINY_VERSION = 2  # bump when the tiny models change, so stale copies under the home are rebuilt
+_TINY_MARKER = f"tiny-v{_TINY_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ModelRef:
     kind: str  # packaged | tiny | local | hub
     display_name: str
     trust_remote_code: bool = False
+    field: str = "model"  # the spec field it came from, named in error messages
 
 
 # --------------------------------------------------------------------------- resolution
@@ -60,24 +64,24 @@ def packaged_aliases() -> list[str]:
 def resolve_reference(reference: str, *, trust_remote_code: bool = False, field: str = "model") -> ModelRef:
     """packaged alias -> local path -> hub id."""
     if reference == "minilm-l6":
-        return ModelRef(reference, str(_minilm_dir()), "packaged", "MiniLM-L6", trust_remote_code)
+        return ModelRef(reference, str(_minilm_dir()), "packaged", "MiniLM-L6", trust_remote_code, field)
     match = re.fullmatch(r"tiny-(bert|roberta|electra|deberta)(-char)?", reference)
     if match:
         directory = build_tiny_model(match.group(1), char_level=bool(match.group(2)))
         name = f"Tiny-{match.group(1).capitalize()}{'-char' if match.group(2) else ''}"
-        return ModelRef(reference, str(directory), "tiny", name, trust_remote_code)
+        return ModelRef(reference, str(directory), "tiny", name, trust_remote_code, field)
     path = Path(reference).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{field}: {reference!r} is a directory without config.json (not a saved model)")
-        return ModelRef(reference, str(path.resolve()), "local", path.name, trust_remote_code)
+        return ModelRef(reference, str(path.resolve()), "local", path.name, trust_remote_code, field)
     looks_like_path = reference.startswith((".", "/", "~")) or reference.count("/") > 1
     if looks_like_path or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", reference):
         raise ModelError(
             f"{field}: {reference!r} is not a packaged alias ({', '.join(packaged_aliases())}), "
             "not an existing local directory and not a hub id"
         )
-    return ModelRef(reference, reference, "hub", reference.split("/")[-1], trust_remote_code)
+    return ModelRef(reference, reference, "hub", reference.split("/")[-1], trust_remote_code, field)
 
 
 def _hub_reachable() -> bool:
@@ -100,14 +104,14 @@ def _hub_reachable() -> bool:
 def _from_pretrained(loader: Any, ref: ModelRef, what: str, **kwargs: Any) -> Any:
     if ref.kind == "hub" and not _is_hub_cached(ref) and not _hub_reachable():
         raise ModelError(
-            f"model {ref.reference!r}: not a packaged alias ({', '.join(packaged_aliases())}), not a "
+            f"{ref.field}: {ref.reference!r} is not a packaged alias ({', '.join(packaged_aliases())}), not a "
             "local directory, and the model hub is unreachable from here (offline?)"
         )
     try:
         return loader.from_pretrained(ref.location, trust_remote_code=ref.trust_remote_code, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-        raise ModelError(f"model {ref.reference!r}: cannot load its {what}: {first_line}") from err
+        raise ModelError(f"{ref.field}: {ref.reference!r}: cannot load its {what}: {first_line}") from err
 
 
 def _is_hub_cached(ref: ModelRef) -> bool:
@@ -151,7 +155,7 @@ def load_token_classifier(location: str | Path, labels: Sequence[str], *, trust_
     """A saved token classifier (a fine-tuned teacher or a checkpoint) whose labels must match."""
     from transformers import AutoModelForTokenClassification
 
-    ref = ModelRef(str(location), str(location), "local", Path(location).name, trust_remote_code)
+    ref = ModelRef(str(location), str(location), "local", Path(location).name, trust_remote_code, "checkpoint")
     model = _from_pretrained(AutoModelForTokenClassification, ref, "token-classification weights")
     saved = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if saved != list(labels):
@@ -237,23 +241,35 @@ def build_tiny_model(family: str, *, char_level: bool = False) -> Path:
     from transformers import AutoModel, BertTokenizerFast
 
     directory = home_dir() / "models" / f"tiny-{family}{'-char' if char_level else ''}"
-    if (directory / "model.safetensors").is_file():
+    marker = directory / _TINY_MARKER
+    if (directory / "model.safetensors").is_file() and marker.is_file():
         return directory
     staging = directory.with_name(directory.name + f".tmp{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
     vocab = _tiny_vocab(char_level)
     (staging / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(staging / "vocab.txt"), do_lower_case=True)
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        # transformers >= 5 takes the vocabulary itself and silently ignores `vocab_file`
+        # (which left a 5-token vocabulary: every word became [UNK]).
+        tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(staging / "vocab.txt"), do_lower_case=True)
+    if len(tokenizer.get_vocab()) != len(vocab) or tokenizer.convert_tokens_to_ids("a") == tokenizer.unk_token_id:
+        raise ModelError(f"tiny-{family}: could not build its tokenizer with this transformers version")
     tokenizer.save_pretrained(staging)
     torch.manual_seed(0)
     model = AutoModel.from_config(_tiny_config(TINY_FAMILIES[family], len(vocab), vocab.index("[PAD]")))
     model.save_pretrained(staging, safe_serialization=True)
+    (staging / _TINY_MARKER).write_text(f"{_TINY_VERSION}\n", encoding="utf-8")
+    import shutil
+
+    if directory.exists() and not marker.is_file():
+        # Built by an older distill-lab (e.g. with the broken all-[UNK] tokenizer): replace it.
+        shutil.rmtree(directory, ignore_errors=True)
     # Atomic publish: concurrent workers may build the same tiny model.
     try:
         staging.rename(directory)
     except OSError:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
     return directory
 

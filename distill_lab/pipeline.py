@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -132,6 +133,78 @@ def build_student(config: RunConfig, teacher: Teacher, labels: tuple[str, ...]) 
     return student, tokenizer, report
 
 
+def check_models(config: RunConfig) -> None:
+    """Checks that need the models' configs but no weights, run before the (slow) teacher fine-tune.
+
+    Student shape vs teacher, init layers and the layer mapping can only be checked once the
+    layer counts are known; failing here costs seconds instead of a whole teacher fine-tune.
+    """
+    spec = config.teacher
+    teacher_ref = models.resolve_reference(spec.model, trust_remote_code=spec.trust_remote_code,
+                                           field="teacher.model")
+    teacher_config = models.load_config(teacher_ref)
+    if spec.checkpoint:
+        checkpoint_ref = models.ModelRef(spec.checkpoint, spec.checkpoint, "local", Path(spec.checkpoint).name,
+                                         spec.trust_remote_code, "teacher.checkpoint")
+        teacher_config = models.load_config(checkpoint_ref)
+    n_teacher = models.num_layers(teacher_config)
+    student, init = config.student, config.student.init
+    copies = init.strategy in ("teacher", "pretrained")
+    student_ref = None
+    if student.from_teacher is not None:
+        shape = student.from_teacher
+        if shape.num_layers > n_teacher and copies:
+            raise SpecError(
+                f"student.from_teacher.num_layers: {shape.num_layers} exceeds the teacher's {n_teacher} layers "
+                f"(allowed 1..{n_teacher} with init strategy {init.strategy!r})"
+            )
+        models.student_config_from_teacher(
+            teacher_config, num_layers=shape.num_layers, hidden_size=shape.hidden_size,
+            num_attention_heads=shape.num_attention_heads, intermediate_size=shape.intermediate_size)
+        if copies:
+            for name in ("hidden_size", "intermediate_size"):
+                wanted, teacher_value = getattr(shape, name), getattr(teacher_config, name, None)
+                if wanted is not None and teacher_value is not None and wanted != teacher_value:
+                    raise ModelError(
+                        f"student.from_teacher.{name}: {wanted} differs from the teacher's {teacher_value}, so "
+                        f"init strategy {init.strategy!r} cannot copy its weights (shapes differ); use init "
+                        "strategy 'random' or the teacher's width"
+                    )
+        n_student = shape.num_layers
+        n_pretrained = n_teacher
+    else:
+        assert student.model is not None
+        student_ref = models.resolve_reference(student.model, field="student.model")
+        student_config = models.load_config(student_ref)
+        n_student = n_pretrained = models.num_layers(student_config)
+        if init.strategy == "teacher":
+            for name in ("vocab_size", "hidden_size", "intermediate_size"):
+                ours, theirs = getattr(student_config, name, None), getattr(teacher_config, name, None)
+                if ours != theirs:
+                    raise ModelError(
+                        f"student.init.strategy 'teacher': the student's {name} {ours} differs from the "
+                        f"teacher's {theirs}, so the teacher's weights cannot be copied (shapes differ); "
+                        "use init strategy 'pretrained' or 'random'"
+                    )
+    if init.strategy == "teacher":
+        models.select_layers(init.layers, n_teacher, n_student)
+    elif init.strategy == "pretrained":
+        models.select_layers(init.layers, n_pretrained, n_student)
+    elif init.strategy == "checkpoint":
+        checkpoint = models.resolve_reference(init.checkpoint or "", field="student.init.checkpoint")
+        models.select_layers(init.layers, models.num_layers(models.load_config(checkpoint)), n_student)
+    distill = config.distill
+    if distill.alpha_hidden > 0 or distill.alpha_attention > 0:
+        mapping = distill.layer_mapping
+        build_mapping(mapping.strategy, n_teacher, n_student,
+                      pairs=[list(p) for p in mapping.pairs] if mapping.pairs else None, groups=mapping.groups)
+    if distill.alpha_attention > 0 and student_ref is not None:
+        teacher_tokenizer = models.load_tokenizer(teacher_ref, teacher_config.model_type)
+        student_tokenizer = models.load_tokenizer(student_ref)
+        if not _same_tokenizer(teacher_tokenizer, student_tokenizer):
+            raise SpecError("distill.alpha_attention: attention-map loss needs teacher and student to share a tokenizer")
+
+
 def _same_tokenizer(a: Any, b: Any) -> bool:
     return a is b or (a.get_vocab() == b.get_vocab() and type(a) is type(b))
 
@@ -143,6 +216,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     device = resolve_device(config.training.device)
+    check_models(config)
     corpus = corpus or load_corpus(config.data)
     labels = corpus.labels
 

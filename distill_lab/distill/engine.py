@@ -85,7 +85,8 @@ class Objective:
                 mask = batch["word_mask"].to(device) & targets["mask"].to(device)
                 parts["soft"] = losses.soft_loss(word_logits, targets["logits"].to(device), mask, self.temperature)
             if self.needs_hidden:
-                parts["hidden"] = self._hidden_loss(outputs.hidden_states, targets["hidden"], batch, device)
+                parts["hidden"] = self._hidden_loss(outputs.hidden_states, targets["hidden"], batch, device,
+                                                    teacher_mask=targets["mask"])
             if self.needs_attention:
                 parts["attention"] = self._attention_loss(outputs.attentions, targets["attentions"], batch, device)
         parts["total"] = (
@@ -97,10 +98,18 @@ class Objective:
         return parts
 
     def _hidden_loss(self, student_states: Sequence[torch.Tensor], teacher_states: dict[int, torch.Tensor],
-                     batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+                     batch: dict[str, torch.Tensor], device: torch.device,
+                     teacher_mask: torch.Tensor | None = None) -> torch.Tensor:
         assert self.teacher is not None
         word_level = self.teacher.word_level_hidden
-        mask = (batch["word_mask"] if word_level else batch["attention_mask"].bool()).to(device)
+        if word_level:
+            # Only words both models kept: with different tokenizers the teacher may truncate
+            # words the student still sees; its (zero-padded) states there are no target.
+            mask = batch["word_mask"].to(device)
+            if teacher_mask is not None:
+                mask = mask & teacher_mask.to(device)
+        else:
+            mask = batch["attention_mask"].bool().to(device)
         total = student_states[0].sum() * 0.0
         for group, student_layer in self.layer_mapping:
             # Many-to-one: the mean of a group of teacher layers supervises one student layer.

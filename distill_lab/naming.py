@@ -1,0 +1,70 @@
+"""Human-readable names for settings, inits and model pairs (MLflow tags and report columns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill_lab.spec import RunConfig
+
+INIT_NAMES = {
+    "teacher": "fine-tuned teacher weights",
+    "pretrained": "pretrained weights",
+    "random": "random",
+}
+
+
+def mapping_name(config: RunConfig) -> str:
+    mapping = config.distill.layer_mapping
+    if mapping.strategy == "explicit" and mapping.pairs:
+        return "explicit[" + ",".join(f"{t}>{s}" for t, s in mapping.pairs) + "]"
+    return mapping.strategy
+
+
+def setting(config: RunConfig) -> str:
+    """Compact distillation setting, e.g. 'T=4 a=0.5/0.5/0 map=uniform'."""
+    distill = config.distill
+    text = f"T={distill.temperature:.3g} a={distill.alpha_hard:.2g}/{distill.alpha_soft:.2g}/{distill.alpha_hidden:.2g}"
+    if distill.alpha_attention:
+        text += f"/att{distill.alpha_attention:.2g}"
+    if distill.alpha_hidden or distill.alpha_attention:
+        text += f" map={mapping_name(config)}"
+    if distill.class_weights != "none":
+        weights = distill.class_weights
+        text += " cw=" + (weights if isinstance(weights, str) else ",".join(f"{k}:{v:g}" for k, v in weights.items()))
+    data = config.data
+    if data.transfer is not None:
+        text += f" transfer={'remainder' if data.transfer.from_train_remainder else 'file'}x{data.transfer.ratio:g}"
+    augment = getattr(data, "augment", None)
+    if augment is not None and getattr(augment, "copies", 0):
+        text += f" aug={augment.copies}"
+    return text
+
+
+def init_name(config: RunConfig) -> str:
+    init = config.student.init
+    if init.strategy == "checkpoint":
+        return f"checkpoint {init.checkpoint}"
+    return INIT_NAMES[init.strategy]
+
+
+def teacher_name(display_name: str, layers: int) -> str:
+    return f"{display_name} ({layers} layers)"
+
+
+def student_name(layers: int, init_strategy: str) -> str:
+    return f"{layers} layers, init={init_strategy}"
+
+
+def run_name(trial_number: int, config: RunConfig) -> str:
+    label = f"t{trial_number:03d} T={config.distill.temperature:.3g}"
+    if config.distill.alpha_hidden or config.distill.alpha_attention:
+        label += f" {mapping_name(config)}"
+    return label
+
+
+def compact_params(params: dict[str, Any]) -> str:
+    parts = []
+    for key, value in params.items():
+        short = key.split(".")[-1]
+        parts.append(f"{short}={value:.4g}" if isinstance(value, float) else f"{short}={value}")
+    return " ".join(parts)

@@ -1,0 +1,156 @@
+"""The only code that calls `trial.suggest_*`: spec search space -> sampled dotted-key params.
+
+Layer mappings are a structured parameter: a categorical over named strategies, or a `monotone`
+space in which the teacher layer of every student layer is searched, strictly increasing, with
+head->head and tail->tail optionally pinned. Sampled mappings are valid by construction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import optuna
+
+from distill_lab.distill.mapping import build_mapping
+from distill_lab.errors import SpecError
+from distill_lab.spec import (
+    CategoricalParam,
+    FloatParam,
+    GridParam,
+    IntParam,
+    MappingStrategyParam,
+    MonotoneMappingParam,
+    StudySpec,
+)
+
+MAPPING_KEY = "distill.layer_mapping"
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+def _encode(value: Any) -> Any:
+    # Optuna categorical choices must be primitives: lists/dicts travel as JSON strings.
+    return value if isinstance(value, _PRIMITIVES) else "json:" + json.dumps(value, sort_keys=True)
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("json:"):
+        return json.loads(value[5:])
+    return value
+
+
+def is_grid(spec: StudySpec) -> bool:
+    return spec.study.sampler == "grid" or any(isinstance(p, GridParam) for p in spec.study.search_space.values())
+
+
+def check_space(spec: StudySpec) -> None:
+    """Cross-field rules between sampler and search space (per-parameter rules live in spec.py)."""
+    space = spec.study.search_space
+    sampler = spec.study.sampler
+    if is_grid(spec):
+        bad = [path for path, p in space.items() if isinstance(p, (FloatParam, IntParam, MonotoneMappingParam))]
+        if bad:
+            raise SpecError(
+                f"study.search_space: a grid study enumerates every point, so {bad} must be grid, categorical "
+                "or mapping_strategy parameters (or choose sampler tpe/random/gp)"
+            )
+        if sampler != "grid":
+            raise SpecError(f"study.sampler: grid parameters need sampler 'grid', got {sampler!r}")
+        if not space:
+            raise SpecError("study.search_space: sampler 'grid' needs at least one grid parameter")
+    if sampler == "cmaes":
+        bad = [path for path, p in space.items() if not isinstance(p, (FloatParam, IntParam))]
+        if bad:
+            raise SpecError(
+                f"study.sampler: 'cmaes' only searches float/int parameters; {bad} are categorical "
+                "(use tpe or random)"
+            )
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every point of a grid study, as {dotted key: encoded value} in a fixed order."""
+    axes: list[tuple[str, list[Any]]] = []
+    for path, param in spec.study.search_space.items():
+        if isinstance(param, GridParam):
+            values = param.values
+        elif isinstance(param, CategoricalParam):
+            values = param.choices
+        else:  # mapping_strategy
+            values = list(param.choices)
+        axes.append((path, [_encode(v) for v in values]))
+    names = [name for name, _ in axes]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(values for _, values in axes))]
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec, *, n_teacher: int, n_student: int) -> dict[str, Any]:
+    """Sample every searched parameter; returns {dotted key: value} ready for spec.resolve()."""
+    params: dict[str, Any] = {}
+    for path, param in spec.study.search_space.items():
+        if isinstance(param, FloatParam):
+            params[path] = trial.suggest_float(path, param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, IntParam):
+            params[path] = trial.suggest_int(path, param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, (CategoricalParam, GridParam)):
+            choices = param.choices if isinstance(param, CategoricalParam) else param.values
+            params[path] = decode(trial.suggest_categorical(path, [_encode(c) for c in choices]))
+        elif isinstance(param, MappingStrategyParam):
+            strategy = trial.suggest_categorical(path, list(param.choices))
+            params[path] = {"strategy": strategy, "pairs": None, "groups": None}
+        elif isinstance(param, MonotoneMappingParam):
+            # The student's depth may itself be searched: use the sampled value when present.
+            students = int(params.get("student.from_teacher.num_layers", n_student))
+            layers = suggest_monotone(trial, n_teacher, students, pin_ends=param.pin_ends)
+            params[path] = {"strategy": "explicit", "pairs": [[t, s] for s, t in enumerate(layers)], "groups": None}
+    if MAPPING_KEY in params:
+        mapping = params[MAPPING_KEY]
+        students = int(params.get("student.from_teacher.num_layers", n_student))
+        # Validate before training: a bad sampled combination fails the trial, not the run.
+        build_mapping(mapping["strategy"], n_teacher, students, pairs=mapping["pairs"], groups=mapping["groups"])
+    return params
+
+
+def suggest_monotone(trial: optuna.Trial, n_teacher: int, n_student: int, *, pin_ends: bool = True) -> list[int]:
+    """Teacher layer for each student layer, strictly increasing; each choice leaves room for the rest."""
+    if n_student > n_teacher:
+        raise SpecError(
+            f"{MAPPING_KEY}: a monotone mapping needs student layers ({n_student}) <= teacher layers ({n_teacher})"
+        )
+    layers: list[int] = []
+    for student_layer in range(n_student):
+        low = layers[-1] + 1 if layers else 0
+        high = n_teacher - (n_student - student_layer)
+        if pin_ends and student_layer == 0:
+            value = 0
+        elif pin_ends and student_layer == n_student - 1:
+            value = n_teacher - 1
+        else:
+            # Store the offset from `low`: the distribution stays fixed across trials for TPE.
+            room = high - low
+            value = low + (trial.suggest_int(f"{MAPPING_KEY}.s{student_layer}_offset", 0, room) if room > 0 else 0)
+        layers.append(value)
+    return layers
+
+
+def sampler_for(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """Optuna sampler by name. Grid studies enqueue their points (see study.py), so random fills none."""
+    name, seed = spec.study.sampler, spec.study.sampler_seed
+    if name == "tpe":
+        # constant_liar: concurrent workers don't all sample the same promising point.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(5, spec.study.n_trials))
+    if name == "random" or name == "grid":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=seed)
+
+
+def pruner_for(spec: StudySpec) -> optuna.pruners.BasePruner:
+    name = spec.study.pruner
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()

@@ -1,0 +1,217 @@
+"""The study commands' front ends: coordinator with progress bars, worker, status, trial rerun."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from distill_lab import study as driver
+from distill_lab.errors import DistillLabError, SpecError
+from distill_lab.tracking import Tracker, default_tracking_uri
+
+
+def _study_line(study: optuna.Study) -> str:
+    counts = driver._counts(study)
+    best = driver.best_trial(study)
+    best_text = f"best {best.value * 100:.2f} (#{best.number})" if best else "best -"
+    return (f"done {counts[TrialState.COMPLETE]} pruned {counts[TrialState.PRUNED]} "
+            f"failed {counts[TrialState.FAIL]} running {counts[TrialState.RUNNING]}  {best_text}")
+
+
+def _setup(ctx: driver.StudyContext, workers: int) -> tuple[optuna.Study, Tracker, str, str]:
+    storage = driver.open_storage(ctx.storage_url, workers=workers, tracking_uri=ctx.tracking_uri)
+    study = driver.create_or_load(ctx, storage)
+    tracker = Tracker(ctx.tracking_uri)
+    experiment_id, parent_run_id = driver.ensure_tracking(ctx, study, tracker)
+    return study, tracker, experiment_id, parent_run_id
+
+
+def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: Console) -> int:
+    """Create/resume the study, prepare the teacher once, run workers, print the summary."""
+    storage = driver.open_storage(ctx.storage_url, workers=workers, tracking_uri=ctx.tracking_uri)
+    study = driver.create_or_load(ctx, storage)
+    if driver.finished_count(study) >= ctx.n_trials:
+        out.print(f"study {ctx.spec.name!r} is finished ({ctx.n_trials} trials); nothing to do")
+        _print_summary(study, ctx, out)
+        return 0
+    tracker = Tracker(ctx.tracking_uri)
+    experiment_id, parent_run_id = driver.ensure_tracking(ctx, study, tracker)
+    fixed = driver.reconcile(study, ctx, tracker)
+    orphans = driver.end_orphan_runs(study, tracker, experiment_id)
+    if fixed or orphans:
+        console.print(f"resumed: {fixed} trial(s) of dead workers marked FAIL, {orphans} orphan MLflow run(s) ended")
+    tracker.client.update_run(parent_run_id, status="RUNNING")
+    driver._install_sigterm()
+    status = "FINISHED"
+    progress = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+    try:
+        with progress:
+            study_task = progress.add_task("study " + ctx.spec.name[:12], total=ctx.n_trials,
+                                           completed=driver.finished_count(study), info=_study_line(study))
+            stage_tasks: dict[str, Any] = {}
+
+            def stage(name: str, done: int, total: int) -> None:
+                # One bar per stage, restarted for every trial (done drops back to 1).
+                if name not in stage_tasks:
+                    stage_tasks[name] = progress.add_task(name, total=total, info="steps")
+                elif done <= 1:
+                    progress.reset(stage_tasks[name], total=total)
+                progress.update(stage_tasks[name], completed=done, total=total)
+
+            def refresh(current: optuna.Study) -> None:
+                progress.update(study_task, completed=driver.finished_count(current), info=_study_line(current))
+
+            driver.prepare_shared_teacher(ctx, tracker, experiment_id, parent_run_id, stage=stage)
+            if workers == 1:
+                driver.work(ctx, on_trial=refresh, stage=stage)
+            else:
+                processes = driver.spawn_workers(ctx, workers)
+                try:
+                    while any(process.is_alive() for process in processes):
+                        refresh(study)
+                        time.sleep(1.0)
+                finally:
+                    for process in processes:
+                        process.join(timeout=30)
+            refresh(study)
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        console.print("interrupted: the current trial's run ended KILLED; run the same command to resume")
+        return 130
+    finally:
+        tracker.end_run(parent_run_id, status)
+        _log_study_metrics(study, tracker, parent_run_id)
+    _print_summary(study, ctx, out)
+    return 0
+
+
+def _log_study_metrics(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:
+    try:
+        counts = driver._counts(study)
+        best = driver.best_trial(study)
+        from distill_lab.tracking import RunHandle
+
+        metrics = {"n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
+                   "n_failed": counts[TrialState.FAIL]}
+        if best is not None:
+            metrics.update(best_dev_f1=best.value, best_trial_number=best.number)
+        RunHandle(tracker.client, parent_run_id).log_metrics(metrics)
+    except Exception:  # noqa: BLE001 - summary metrics must never hide the study's own outcome
+        pass
+
+
+def run_worker(ctx: driver.StudyContext, *, console: Console) -> int:
+    """`study worker`: join a study created by `study run`."""
+    storage = driver.open_storage(ctx.storage_url, tracking_uri=ctx.tracking_uri)
+    try:
+        study = optuna.load_study(study_name=ctx.spec.name, storage=storage)
+    except KeyError:
+        raise SpecError(f"no study {ctx.spec.name!r} in {ctx.storage_url}: create it with `distill-lab study run "
+                        f"SPEC --storage {ctx.storage_url}` first") from None
+    if study.user_attrs.get("spec_digest") != driver.spec_digest(ctx.spec):
+        raise SpecError(f"study {ctx.spec.name!r} was created from a different spec than this one")
+    if "mlflow_parent_run_id" not in study.user_attrs:
+        raise SpecError(f"study {ctx.spec.name!r} has no MLflow parent run yet: start it with `study run` first")
+    ctx.n_trials = int(study.user_attrs.get("n_trials", ctx.n_trials))
+    ctx.tracking_uri = study.user_attrs.get("mlflow_tracking_uri", ctx.tracking_uri)
+    driver._install_sigterm()
+    try:
+        driver.work(ctx, on_trial=lambda s: console.print(_study_line(s)))
+    except (KeyboardInterrupt, SystemExit):
+        console.print("worker interrupted: its trial was marked FAIL and its run KILLED")
+        return 130
+    return 0
+
+
+def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) -> None:
+    out.print(f"study {study.study_name}: {_study_line(study)}")
+    best = driver.best_trial(study)
+    if best is not None:
+        params = {k: v for k, v in best.params.items()}
+        out.print(f"best trial #{best.number}: dev F1 {best.value * 100:.2f}  params {params}  "
+                  f"MLflow run {best.user_attrs.get('mlflow_run_id', '-')}")
+    out.print(f"Optuna storage: {ctx.storage_url}   MLflow: {ctx.tracking_uri}   (distill-lab ui; distill-lab report)")
+
+
+def _resolve_name(spec_or_name: str) -> str:
+    path = Path(spec_or_name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        from distill_lab.spec import load_spec
+
+        return load_spec(path).name
+    return spec_or_name
+
+
+def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
+    name = _resolve_name(spec_or_name)
+    storage_url = storage or driver.default_storage()
+    study = driver.load_study(name, storage_url)
+    table = Table(title=f"study {name} ({storage_url})")
+    for column in ("#", "state", "params", "dev F1", "MLflow run", "seconds", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in driver.trials_table(study):
+        value = f"{row['value'] * 100:.2f}" if row["value"] is not None else "-"
+        seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"
+        table.add_row(str(row["number"]), row["state"], row["params"], value, row["mlflow_run_id"], seconds,
+                      row["reason"][:60])
+    out.print(table)
+    out.print(_study_line(study))
+
+
+def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, storage: str | None,
+                tracking_uri: str | None, as_json: bool, out: Console, console: Console) -> int:
+    """Replay a trial's params and seeds; print recorded vs re-run dev F1 per seed."""
+    from distill_lab import search_space
+    from distill_lab.pipeline import run_distillation
+    from distill_lab.spec import resolve
+
+    storage_url = storage or driver.default_storage()
+    study = driver.load_study(study_name, storage_url)
+    trials = study.get_trials(deepcopy=False)
+    if run_id:
+        matches = [t for t in trials if t.user_attrs.get("mlflow_run_id") == run_id]
+    elif trial_number is not None:
+        matches = [t for t in trials if t.number == trial_number]
+    else:
+        raise DistillLabError("trial rerun: give a TRIAL_NUMBER or --run-id")
+    if not matches:
+        raise DistillLabError(f"study {study_name!r} has no trial {run_id or trial_number} "
+                              f"(trials 0..{len(trials) - 1})")
+    trial = matches[0]
+    spec = driver.spec_of(study)
+    n_teacher, n_student = driver.layer_counts(spec)
+    ctx = driver.StudyContext(spec, storage_url, default_tracking_uri(tracking_uri, spec.tracking.tracking_uri),
+                              1, n_teacher, n_student)
+    params = driver.rerun_params(study, trial, ctx)
+    recorded = trial.user_attrs.get("dev_f1_per_seed", {})
+    rows = []
+    for seed in ctx.seeds:
+        config = resolve(spec, {**params, "training.seed": seed})
+        result = run_distillation(config)
+        before = recorded.get(str(seed))
+        now = result.train_result.best_dev_f1
+        rows.append({"seed": seed, "recorded_dev_f1": before, "rerun_dev_f1": now,
+                     "match_4dp": before is not None and round(before, 4) == round(now, 4)})
+    if as_json:
+        print(json.dumps({"study": study_name, "trial": trial.number, "params": params, "seeds": rows}, indent=2,
+                         default=str))
+    else:
+        table = Table(title=f"rerun of trial #{trial.number} of {study_name}")
+        for column in ("seed", "recorded dev F1", "rerun dev F1", "same to 4 decimals"):
+            table.add_column(column)
+        for row in rows:
+            recorded_text = f"{row['recorded_dev_f1']:.6f}" if row["recorded_dev_f1"] is not None else "-"
+            table.add_row(str(row["seed"]), recorded_text, f"{row['rerun_dev_f1']:.6f}", str(row["match_4dp"]))
+        out.print(table)
+    return 0 if all(row["match_4dp"] for row in rows) else 1
+
+

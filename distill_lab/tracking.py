@@ -1,0 +1,208 @@
+"""MLflow adapter with explicit run ids: one parent run per study, nested trial runs, artifacts.
+
+Uses MlflowClient only (never the fluent API, which silently starts runs). A run is ended
+FINISHED, FAILED (exception) or KILLED (interrupt) by the context manager, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from distill_lab.errors import DistillLabError
+
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(explicit: str | None = None, spec_uri: str | None = None) -> str:
+    """--tracking-uri, then the spec, then MLFLOW_TRACKING_URI, then MLflow 3's default local store."""
+    return explicit or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+class TrackingError(DistillLabError):
+    """The tracking server or store cannot be reached or used."""
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@dataclass
+class RunHandle:
+    """A live MLflow run: params, step metrics (async), tags, artifacts."""
+
+    client: Any
+    run_id: str
+    _pending: list[Any] = field(default_factory=list)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key[:250], _param_value(value)) for key, value in sorted(params.items())]
+        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, synchronous: bool = True) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items() if _finite(value)]
+        if not items:
+            return
+        # Step metrics go off the hot path: the training loop does not wait for the store.
+        operation = self.client.log_batch(self.run_id, metrics=items, synchronous=synchronous)
+        if operation is not None and not synchronous:
+            self._pending.append(operation)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    def flush(self) -> None:
+        for operation in self._pending:
+            with contextlib.suppress(Exception):
+                operation.wait()
+        self._pending.clear()
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value == value and abs(float(value)) != float("inf")
+    except (TypeError, ValueError):
+        return False
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:MAX_PARAM_LENGTH]
+
+
+class Tracker:
+    """One tracking store (local sqlite/file or a server)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = _client(uri)
+
+    def ensure_experiment(self, name: str) -> str:
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is not None:
+                if experiment.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(experiment.experiment_id)
+                return experiment.experiment_id
+            return self.client.create_experiment(name)
+        except Exception as err:  # noqa: BLE001 - any store failure becomes one clear line
+            if "RESOURCE_ALREADY_EXISTS" in str(err) or "already exists" in str(err):
+                return self.client.get_experiment_by_name(name).experiment_id
+            raise TrackingError(f"tracking store {self.uri}: {str(err).splitlines()[0]}") from err
+
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, Any] | None = None,
+                   parent_run_id: str | None = None) -> str:
+        all_tags = {key: str(value) for key, value in (tags or {}).items()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @contextlib.contextmanager
+    def run(self, experiment_id: str, name: str, *, tags: dict[str, Any] | None = None,
+            parent_run_id: str | None = None, run_id: str | None = None) -> Iterator[RunHandle]:
+        """A run that always ends: FINISHED, FAILED on an exception, KILLED on interrupt/SIGTERM."""
+        run_id = run_id or self.create_run(experiment_id, name, tags, parent_run_id)
+        handle = RunHandle(self.client, run_id)
+        status = "FINISHED"
+        try:
+            yield handle
+        except (KeyboardInterrupt, SystemExit):
+            status = "KILLED"
+            raise
+        except BaseException as err:
+            from optuna.exceptions import TrialPruned
+
+            if not isinstance(err, TrialPruned):
+                status = "FAILED"
+                with contextlib.suppress(Exception):
+                    self.client.set_tag(run_id, "error", repr(err)[:5000])
+            raise
+        finally:
+            handle.flush()
+            with contextlib.suppress(Exception):
+                self.end_run(run_id, status)
+
+    def runs_in_state(self, experiment_id: str, state: str = "RUNNING") -> list[Any]:
+        return self.client.search_runs([experiment_id], filter_string=f"attributes.status = '{state}'",
+                                       max_results=1000)
+
+    def find_run(self, experiment_id: str, tags: dict[str, str]) -> str | None:
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+
+def confusion_figure(gold: list[list[str]], predicted: list[list[str]], labels: tuple[str, ...]) -> Any:
+    """Word-level label confusion matrix (rows gold, columns predicted) as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    flat_gold = [tag for tags in gold for tag in tags]
+    flat_pred = [tag for tags in predicted for tag in tags]
+    table = pd.crosstab(pd.Categorical(flat_gold, categories=labels), pd.Categorical(flat_pred, categories=labels),
+                        dropna=False)
+    normalised = table.div(table.sum(axis=1).replace(0, 1), axis=0)
+    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * len(labels), 1.0 + 0.5 * len(labels)))
+    axes.imshow(normalised.values, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("gold")
+    for row in range(len(labels)):
+        for column in range(len(labels)):
+            count = int(table.values[row, column])
+            if count:
+                axes.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                          color="white" if normalised.values[row, column] > 0.5 else "black")
+    axes.set_title("dev label confusion (word level)")
+    figure.tight_layout()
+    return figure
+
+
+def predictions_tsv(sentences: list[Any], predicted: list[list[str]], limit: int = 200) -> str:
+    lines = ["sentence\ttoken\tgold\tpredicted\tcorrect"]
+    for index, (sentence, tags) in enumerate(zip(sentences[:limit], predicted[:limit])):
+        for token, gold, guess in zip(sentence.tokens, sentence.tags or (), tags):
+            lines.append(f"{index}\t{token}\t{gold}\t{guess}\t{int(gold == guess)}")
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def temporary_directory() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="distill-lab-") as directory:
+        yield Path(directory)
