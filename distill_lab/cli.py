@@ -57,8 +57,18 @@ def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     """Check a spec and print the resolved run config."""
     from distill_lab.spec import load_spec, resolve
 
+    from distill_lab import search_space, study
+    from distill_lab.models import resolve_reference
+
     study_spec = load_spec(spec, overrides or [])
+    search_space.check_space(study_spec)
     config = resolve(study_spec)
+    if resolve_reference(study_spec.teacher.model, field="teacher.model").kind != "hub":
+        _quiet_libraries()
+        n_teacher, n_student = study.check_against_models(study_spec)
+        out.print(f"models: teacher {n_teacher} layers, student {n_student} layers")
+    else:
+        out.print("models: hub teacher, layer checks happen when the run loads it")
     out.print(f"[green]ok[/green] {spec}: study {study_spec.name!r}, "
               f"{len(study_spec.study.search_space)} searched parameter(s), {study_spec.study.n_trials} trials")
     out.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), markup=False, highlight=False)
@@ -142,14 +152,7 @@ def _context(spec_path: Path, overrides: list[str] | None, storage: str | None, 
     if workers < 1:
         raise DistillLabError(f"--workers must be >= 1 but got {workers}")
     _quiet_libraries()
-    n_teacher, n_student = study.layer_counts(spec)
-    if spec.distill.alpha_hidden > 0 or spec.distill.alpha_attention > 0 or "distill.layer_mapping" in spec.study.search_space:
-        # Validate the base mapping now: nothing is written to Optuna or MLflow for a bad spec.
-        from distill_lab.distill.mapping import build_mapping
-
-        base = spec.distill.layer_mapping
-        build_mapping(base.strategy, n_teacher, n_student,
-                      pairs=[list(p) for p in base.pairs] if base.pairs else None, groups=base.groups)
+    n_teacher, n_student = study.check_against_models(spec)
     return study.StudyContext(
         spec=spec, storage_url=storage or study.default_storage(),
         tracking_uri=default_tracking_uri(tracking_uri, spec.tracking.tracking_uri),

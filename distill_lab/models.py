@@ -239,7 +239,9 @@ def _tiny_config(family: str, vocab_size: int, pad_id: int) -> Any:
 def build_tiny_model(family: str, *, char_level: bool = False) -> Path:
     """Create (once) a tiny randomly initialised model directory of the given family."""
     from transformers import AutoModel, BertTokenizerFast
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a tiny model needs no "writing shards" bar
     directory = home_dir() / "models" / f"tiny-{family}{'-char' if char_level else ''}"
     marker = directory / _TINY_MARKER
     if (directory / "model.safetensors").is_file() and marker.is_file():

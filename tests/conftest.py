@@ -9,6 +9,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub; unknown references must fail fast
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+# The test models are tiny: one thread is faster than two, and far faster when the cores are busy
+# (set before torch is imported; subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

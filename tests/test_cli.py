@@ -1,0 +1,256 @@
+"""The command line: one clean error line (exit 2) per bad input, validate, --set, run --json."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill_lab import cli
+from distill_lab.pipeline import run_distillation
+from distill_lab.spec import load_spec, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = sorted((REPO / "studies").glob("*.yaml"))
+
+# The same teacher setting as tests/test_pipeline.py, so the session's teacher cache is shared.
+TINY = {
+    "name": "tiny",
+    "data": {"source": "synthetic", "synthetic": {"n_train": 48, "n_dev": 24, "n_test": 8}, "max_length": 48,
+             "train_sample_size": 16},
+    "teacher": {"model": "tiny-bert", "finetune": {"epochs": 2, "learning_rate": 3.0e-3, "batch_size": 16}},
+    "student": {"from_teacher": {"num_layers": 2}},
+    "training": {"epochs": 1, "learning_rate": 1.0e-3, "batch_size": 16, "device": "cpu"},
+    "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5},
+}
+CONLL = "John B-PER\nlives O\nin O\nParis B-LOC\n.\tO\n\nAcme B-ORG\nhired O\nMary B-PER\n"
+
+
+def _spec(tmp_path: Path, name: str = "spec.yaml", **sections) -> Path:
+    """TINY with whole sections replaced (or added); returns the written file."""
+    tree = copy.deepcopy(TINY)
+    for section, value in sections.items():
+        if isinstance(value, dict) and isinstance(tree.get(section), dict):
+            tree[section] = {**tree[section], **value}
+        else:
+            tree[section] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def _main(capfd, *args: str) -> tuple[int, str, str]:
+    """Run `distill-lab ARGS` in this process through cli.main: (exit code, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = ["distill-lab", *map(str, args)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def _subprocess(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "distill_lab.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or REPO, env=os.environ.copy(), timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _one_error_line(code: int, out: str, err: str) -> str:
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0].removeprefix("error: ")
+
+
+# --------------------------------------------------------------------------- spec errors (validate)
+def test_cli_module_entry_point_unknown_key(tmp_path):
+    path = _spec(tmp_path, distill={"temprature": 2.0})
+    message = _one_error_line(*_subprocess("validate", path))
+    assert message == (f"{path}: distill.temprature: unknown key (check the spelling; see the sections in "
+                       "studies/quickstart.yaml)")
+
+
+def test_cli_module_entry_point_validates_quickstart():
+    code, out, err = _subprocess("validate", "studies/quickstart.yaml")
+    assert (code, err) == (0, "")
+    assert out.startswith("ok studies/quickstart.yaml: study 'quickstart', 2 searched parameter(s), 6 trials\n")
+
+
+def test_cli_wrong_type(tmp_path, capfd):
+    path = _spec(tmp_path, training={"epochs": "many"})
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message.startswith(f"{path}: training.epochs: ")
+    assert message.endswith("(got 'many')")
+
+
+def test_cli_wrong_type_for_a_section(tmp_path, capfd):
+    path = _spec(tmp_path, distill=[1, 2])
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message.startswith(f"{path}: distill: ")
+
+
+@pytest.mark.parametrize("temperature", [0, -1.5])
+def test_cli_temperature_not_positive(tmp_path, capfd, temperature):
+    path = _spec(tmp_path, distill={"temperature": temperature})
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message == f"{path}: distill.temperature: temperature must be > 0 but got {float(temperature)}"
+
+
+def test_cli_negative_alpha(tmp_path, capfd):
+    path = _spec(tmp_path, distill={"alpha_soft": -0.5})
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message == f"{path}: distill.alpha_soft: loss weights cannot be negative but got -0.5"
+
+
+def test_cli_all_alphas_zero(tmp_path, capfd):
+    path = _spec(tmp_path, distill={"alpha_hard": 0, "alpha_soft": 0, "alpha_hidden": 0, "alpha_attention": 0})
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message == (f"{path}: distill: all loss weights are 0: set at least one of alpha_hard, alpha_soft, "
+                       "alpha_hidden, alpha_attention > 0")
+
+
+def test_cli_missing_spec_file_and_bad_yaml(tmp_path, capfd):
+    missing = tmp_path / "absent.yaml"
+    assert _one_error_line(*_main(capfd, "validate", missing)) == f"{missing}: spec file not found"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ndata: {source: synthetic\n")
+    assert _one_error_line(*_main(capfd, "validate", broken)).startswith(f"{broken}: line ")
+
+
+def test_cli_bad_set_override(tmp_path, capfd):
+    path = _spec(tmp_path)
+    message = _one_error_line(*_main(capfd, "validate", path, "--set", "distill.temperature"))
+    assert message == "--set 'distill.temperature': expected dotted.key=value, e.g. distill.temperature=8"
+    message = _one_error_line(*_main(capfd, "validate", path, "--set", "distill.temperature=-2"))
+    assert message == f"{path}: distill.temperature: temperature must be > 0 but got -2.0"
+
+
+def test_cli_debug_shows_traceback(tmp_path, capfd):
+    path = _spec(tmp_path, distill={"alpha_soft": -0.5})
+    code, _, err = _main(capfd, "--debug", "validate", path)
+    assert code == 2
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+# --------------------------------------------------------------------------- validate / --set
+@pytest.mark.parametrize("study", STUDIES, ids=[path.name for path in STUDIES])
+def test_cli_validate_every_study(capfd, study):
+    code, out, err = _main(capfd, "validate", study)
+    assert code == 0, err
+    assert out.startswith(f"ok {study}: study ")
+    assert "Traceback" not in err
+
+
+def test_studies_dir_has_quickstart():
+    assert REPO / "studies" / "quickstart.yaml" in STUDIES
+
+
+def test_cli_validate_prints_resolved_config_with_overrides(tmp_path, capfd):
+    path = _spec(tmp_path)
+    code, out, err = _main(capfd, "validate", path, "--set", "distill.temperature=7", "--set",
+                           "student.from_teacher.num_layers=3")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == f"ok {path}: study 'tiny', 0 searched parameter(s), 6 trials"
+    config = yaml.safe_load("\n".join(out.splitlines()[1:]))
+    assert config["distill"]["temperature"] == 7.0
+    assert config["student"]["from_teacher"]["num_layers"] == 3
+    assert "  temperature: 7.0" in out.splitlines()
+    # without --set the file's value is printed
+    _, plain, _ = _main(capfd, "validate", path)
+    assert yaml.safe_load("\n".join(plain.splitlines()[1:]))["distill"]["temperature"] == 2.0
+
+
+# --------------------------------------------------------------------------- errors found by `run`
+def test_cli_run_mapping_index_out_of_range(tmp_path, capfd):
+    path = _spec(tmp_path, distill={"alpha_hidden": 1.0,
+                                    "layer_mapping": {"strategy": "explicit", "pairs": [[99, 0]]}})
+    assert _main(capfd, "validate", path)[0] == 0  # only the models know the layer counts
+    message = _one_error_line(*_main(capfd, "run", path))
+    assert message == "distill.layer_mapping: teacher layer 99 is out of range; allowed 0..3 (teacher has 4 layers)"
+
+
+def test_cli_run_student_deeper_than_teacher(tmp_path, capfd):
+    path = _spec(tmp_path, student={"from_teacher": {"num_layers": 8}})
+    message = _one_error_line(*_main(capfd, "run", path))
+    assert message == ("student.from_teacher.num_layers: 8 exceeds the teacher's 4 layers "
+                       "(allowed 1..4 with init strategy 'teacher')")
+
+
+def test_cli_run_missing_data_dir(tmp_path, capfd):
+    data = tmp_path / "no-such-data"
+    path = _spec(tmp_path, data={"source": "conll", "path": str(data)})
+    message = _one_error_line(*_main(capfd, "run", path))
+    assert message.startswith(f"{data}: data directory does not exist; it should contain train, dev and test")
+
+
+def test_cli_run_empty_split(tmp_path, capfd):
+    data = tmp_path / "conll"
+    data.mkdir()
+    (data / "train.txt").write_text(CONLL)
+    (data / "dev.txt").write_text("")
+    (data / "test.txt").write_text(CONLL)
+    path = _spec(tmp_path, data={"source": "conll", "path": str(data)})
+    message = _one_error_line(*_main(capfd, "run", path))
+    assert message == f"{data / 'dev.txt'}: no sentences found (file is empty)"
+
+
+def test_cli_conll_source_without_path(tmp_path, capfd):
+    path = _spec(tmp_path, data={"source": "conll"})
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message == f"{path}: data: source 'conll' needs 'path' (a directory with train/dev/test files)"
+
+
+def test_cli_run_unknown_model_reference(tmp_path):
+    path = _spec(tmp_path, teacher={"model": "./nope"})
+    message = _one_error_line(*_subprocess("run", path, cwd=tmp_path))
+    assert message.startswith("teacher.model: './nope' is not a packaged alias (minilm-l6, tiny-bert, ")
+    assert message.endswith("not an existing local directory and not a hub id")
+
+
+def test_cli_run_unknown_student_model_reference(tmp_path, capfd):
+    path = _spec(tmp_path, student={"model": "not a model!", "init": {"strategy": "random"}})
+    path.write_text(path.read_text().replace("from_teacher:\n    num_layers: 2\n", ""))
+    message = _one_error_line(*_main(capfd, "run", path))
+    assert message.startswith("student.model: 'not a model!' is not a packaged alias")
+
+
+# --------------------------------------------------------------------------- run --json
+def test_cli_run_json_prints_one_json_object(tmp_path, capfd):
+    path = _spec(tmp_path)
+    code, out, err = _main(capfd, "run", path, "--json")
+    assert code == 0, err
+    assert "Traceback" not in err
+    summary = json.loads(out)  # stdout holds nothing but the JSON object
+    assert summary["name"] == "tiny"
+    for role in ("teacher", "student"):
+        assert 0.0 <= summary[role]["dev_f1"] <= 1.0
+    assert summary["student"]["layers"] == 2 and summary["teacher"]["layers"] == 4
+    assert summary["distill"]["temperature"] == 2.0 and summary["distill"]["alphas"] == [0.5, 0.5, 0.0, 0.0]
+    assert summary["steps"] == 3  # 48 sentences / batch 16, one epoch
+    # the same numbers as the library call (runs are deterministic)
+    direct = run_distillation(resolve(load_spec(path)))
+    assert summary["student"]["dev_f1"] == direct.dev.f1
+    assert summary["teacher"]["dev_f1"] == direct.teacher.dev_f1
+    assert summary["retention"] == pytest.approx(direct.retention)
+
+
+def test_cli_run_prints_summary_table(tmp_path, capfd):
+    path = _spec(tmp_path)
+    code, out, err = _main(capfd, "run", path, "--set", "training.epochs=0.5")
+    assert code == 0, err
+    assert "distill-lab run: tiny" in out
+    assert "student F1 per entity type" in out
+    assert "2 steps" in out  # ceil(0.5 * 3)
