@@ -70,8 +70,11 @@ def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     else:
         out.print("models: hub teacher, layer checks happen when the run loads it")
     out.print(f"[green]ok[/green] {spec}: study {study_spec.name!r}, "
-              f"{len(study_spec.study.search_space)} searched parameter(s), {study_spec.study.n_trials} trials")
-    out.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), markup=False, highlight=False)
+              f"{len(study_spec.study.search_space)} searched parameter(s), {study_spec.study.n_trials} trials",
+              soft_wrap=True)
+    # soft_wrap: rich would otherwise wrap long lines (paths) at the console width and break the YAML.
+    out.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), markup=False, highlight=False,
+              soft_wrap=True)
 
 
 @app.command()
@@ -209,6 +212,48 @@ def trial_rerun(study_name: str = typer.Argument(..., help="Study name."),
 
     _quiet_libraries()
     raise typer.Exit(rerun_trial(study_name, trial_number, run_id, storage, tracking_uri, as_json, out, console))
+
+
+@app.command()
+def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Study name (repeatable; default all)."),
+           markdown: bool = typer.Option(False, "--markdown", help="Markdown table (the default)."),
+           csv: bool = typer.Option(False, "--csv", help="CSV with numeric columns."),
+           html: bool = typer.Option(False, "--html", help="HTML table."),
+           as_json: bool = typer.Option(False, "--json", help="JSON records with numeric columns."),
+           lang: str = typer.Option("en", "--lang", help="Header language: en | zh."),
+           analysis: bool = typer.Option(False, "--analysis", help="Add the temperature fit and group comparisons."),
+           out_file: Optional[Path] = typer.Option(None, "--out", help="Write to FILE instead of stdout."),
+           update: Optional[Path] = typer.Option(None, "--update", help="Rewrite the marked region of FILE."),
+           tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Rebuild the experiment table (teacher/student, setting, init, score) from tracked runs."""
+    from distill_lab import report as reporting
+    from distill_lab.tracking import default_tracking_uri
+
+    formats = [name for name, chosen in (("markdown", markdown), ("csv", csv), ("html", html), ("json", as_json))
+               if chosen]
+    if len(formats) > 1:
+        raise DistillLabError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
+    if lang not in reporting.HEADERS:
+        raise DistillLabError(f"--lang {lang!r}: allowed {', '.join(reporting.HEADERS)}")
+    if update is not None and formats and formats[0] != "markdown":
+        raise DistillLabError("--update writes a markdown table; drop --csv/--html/--json")
+    fmt = formats[0] if formats else "markdown"
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    uri = default_tracking_uri(tracking_uri)
+    if update is not None and not update.is_file():
+        raise DistillLabError(f"--update {update}: file not found")
+    runs = reporting.load_runs(uri, study)
+    text = reporting.render(reporting.experiment_table(runs), fmt, lang)
+    if analysis and fmt == "markdown":
+        text += "\n" + reporting.analysis_markdown(runs, uri)
+    if update is not None:
+        reporting.update_region(update, text)
+        console.print(f"updated the report region of {update}")
+    elif out_file is not None:
+        reporting.write_atomic(out_file, text)
+        console.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
 
 
 @app.command()

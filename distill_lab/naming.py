@@ -55,6 +55,15 @@ def student_name(layers: int, init_strategy: str) -> str:
     return f"{layers} layers, init={init_strategy}"
 
 
+def student_model_name(config: RunConfig, teacher_display: str, layers: int) -> str:
+    """'MiniLM (3 layers)': the family of the model the student is built from, and its depth."""
+    if config.student.model:
+        family = config.student.model.rstrip("/").split("/")[-1]
+    else:
+        family = teacher_display.split("-")[0]
+    return f"{family} ({layers} layers)"
+
+
 def run_name(trial_number: int, config: RunConfig) -> str:
     label = f"t{trial_number:03d} T={config.distill.temperature:.3g}"
     if config.distill.alpha_hidden or config.distill.alpha_attention:

@@ -364,6 +364,8 @@ def _log_final(run: Any, results: list[Any], ctx: StudyContext, trial: optuna.Tr
     run.set_tags({
         "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
         "student": naming.student_name(models.num_layers(first.student), first.init.strategy),
+        "student_model": naming.student_model_name(first.config, teacher.ref.display_name,
+                                                   models.num_layers(first.student)),
         "diagnosis": diagnosis, "diagnosis_advice": first.advice,
         "teacher_fingerprint": teacher.fingerprint, "seeds": ",".join(str(r.config.training.seed) for r in results),
     })

@@ -66,6 +66,13 @@ def _subprocess(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+def _after_ok(out: str) -> tuple[str, str]:
+    """validate's `ok ...` line and the resolved config YAML printed after it."""
+    lines = out.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("ok "))
+    return lines[index], "\n".join(lines[index + 1:])
+
+
 def _one_error_line(code: int, out: str, err: str) -> str:
     assert code == 2, (code, out, err)
     assert "Traceback" not in err
@@ -83,10 +90,13 @@ def test_cli_module_entry_point_unknown_key(tmp_path):
                        "studies/quickstart.yaml)")
 
 
-def test_cli_module_entry_point_validates_quickstart():
-    code, out, err = _subprocess("validate", "studies/quickstart.yaml")
+def test_cli_validates_quickstart(capfd, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out, err = _main(capfd, "validate", "studies/quickstart.yaml")
     assert (code, err) == (0, "")
-    assert out.startswith("ok studies/quickstart.yaml: study 'quickstart', 2 searched parameter(s), 6 trials\n")
+    ok, config = _after_ok(out)
+    assert ok == "ok studies/quickstart.yaml: study 'quickstart', 2 searched parameter(s), 6 trials"
+    assert yaml.safe_load(config)["teacher"]["model"] == "minilm-l6"
 
 
 def test_cli_wrong_type(tmp_path, capfd):
@@ -150,7 +160,9 @@ def test_cli_debug_shows_traceback(tmp_path, capfd):
 def test_cli_validate_every_study(capfd, study):
     code, out, err = _main(capfd, "validate", study)
     assert code == 0, err
-    assert out.startswith(f"ok {study}: study ")
+    ok, config = _after_ok(out)
+    assert ok.startswith(f"ok {study}: study ")
+    assert set(yaml.safe_load(config)) == {"name", "data", "teacher", "student", "training", "distill", "diagnosis"}
     assert "Traceback" not in err
 
 
@@ -163,23 +175,24 @@ def test_cli_validate_prints_resolved_config_with_overrides(tmp_path, capfd):
     code, out, err = _main(capfd, "validate", path, "--set", "distill.temperature=7", "--set",
                            "student.from_teacher.num_layers=3")
     assert (code, err) == (0, "")
-    assert out.splitlines()[0] == f"ok {path}: study 'tiny', 0 searched parameter(s), 6 trials"
-    config = yaml.safe_load("\n".join(out.splitlines()[1:]))
+    ok, text = _after_ok(out)
+    assert ok == f"ok {path}: study 'tiny', 0 searched parameter(s), 6 trials"
+    config = yaml.safe_load(text)
     assert config["distill"]["temperature"] == 7.0
     assert config["student"]["from_teacher"]["num_layers"] == 3
     assert "  temperature: 7.0" in out.splitlines()
     # without --set the file's value is printed
     _, plain, _ = _main(capfd, "validate", path)
-    assert yaml.safe_load("\n".join(plain.splitlines()[1:]))["distill"]["temperature"] == 2.0
+    assert yaml.safe_load(_after_ok(plain)[1])["distill"]["temperature"] == 2.0
 
 
 # --------------------------------------------------------------------------- errors found by `run`
 def test_cli_run_mapping_index_out_of_range(tmp_path, capfd):
     path = _spec(tmp_path, distill={"alpha_hidden": 1.0,
                                     "layer_mapping": {"strategy": "explicit", "pairs": [[99, 0]]}})
-    assert _main(capfd, "validate", path)[0] == 0  # only the models know the layer counts
-    message = _one_error_line(*_main(capfd, "run", path))
-    assert message == "distill.layer_mapping: teacher layer 99 is out of range; allowed 0..3 (teacher has 4 layers)"
+    expected = "distill.layer_mapping: teacher layer 99 is out of range; allowed 0..3 (teacher has 4 layers)"
+    assert _one_error_line(*_main(capfd, "run", path)) == expected
+    assert expected in _one_error_line(*_main(capfd, "validate", path))  # validate reads the layer counts too
 
 
 def test_cli_run_student_deeper_than_teacher(tmp_path, capfd):
@@ -221,8 +234,7 @@ def test_cli_run_unknown_model_reference(tmp_path):
 
 
 def test_cli_run_unknown_student_model_reference(tmp_path, capfd):
-    path = _spec(tmp_path, student={"model": "not a model!", "init": {"strategy": "random"}})
-    path.write_text(path.read_text().replace("from_teacher:\n    num_layers: 2\n", ""))
+    path = _spec(tmp_path, student={"from_teacher": None, "model": "not a model!", "init": {"strategy": "random"}})
     message = _one_error_line(*_main(capfd, "run", path))
     assert message.startswith("student.model: 'not a model!' is not a packaged alias")
 

@@ -1,0 +1,294 @@
+"""The practitioner's experiment table, rebuilt from tracked runs with pandas.
+
+Runs come from `mlflow.search_runs` (a DataFrame); seeds are exploded to one row each from the
+per-seed metrics, grouped by (teacher, student, setting, init) and aggregated to mean ± std.
+Scores are the BEST dev F1 of each run (logged as `dev_f1_seed<N>` / `best_dev_f1`), never the
+last step's value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from distill_lab.errors import DistillLabError
+
+BEGIN = "<!-- distill-lab:report:begin -->"
+END = "<!-- distill-lab:report:end -->"
+GROUP_KEYS = ["study", "pair", "setting", "init"]
+HEADERS = {
+    "en": {"pair": "teacher / student", "setting": "setting", "init": "init", "score": "score (dev F1)"},
+    "zh": {"pair": "模型的参数选取", "setting": "蒸馏设定", "init": "初始化方式", "score": "产出模型表现"},
+}
+EXTRA_HEADERS = {"test": "test F1", "retention": "retention", "params": "student params",
+                 "compression": "compression", "diagnosis": "diagnosis", "study": "study"}
+
+
+class ReportError(DistillLabError):
+    """Nothing to report, or the output cannot be written."""
+
+
+def load_runs(tracking_uri: str, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """Trial and teacher runs of the named studies (all studies when none) as one DataFrame."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+    except Exception as err:  # noqa: BLE001 - an unreachable store is a user problem
+        raise ReportError(f"tracking store {tracking_uri}: {str(err).splitlines()[0]}") from err
+    if not experiments:
+        raise ReportError(f"tracking store {tracking_uri} has no experiments: run a study first")
+    mlflow.set_tracking_uri(tracking_uri)
+    frames = []
+    for role in ("trial", "teacher", "study"):
+        frame = mlflow.search_runs(experiment_ids=experiments, filter_string=f"tags.role = '{role}'",
+                                   output_format="pandas", max_results=200_000)
+        if not frame.empty:
+            frames.append(frame)
+    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if runs.empty or "tags.study" not in runs:
+        raise ReportError(f"tracking store {tracking_uri} has no distill-lab runs: run a study first")
+    known = sorted(runs["tags.study"].dropna().unique())
+    if studies:
+        unknown = sorted(set(studies) - set(known))
+        if unknown:
+            raise ReportError(f"no study named {', '.join(unknown)} in {tracking_uri}; studies there: "
+                              f"{', '.join(known) or 'none'}")
+        runs = runs[runs["tags.study"].isin(studies)]
+    return runs.reset_index(drop=True)
+
+
+def seed_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (finished trial run, seed) with its best dev F1 and test F1."""
+    trials = runs[(runs["tags.role"] == "trial") & (runs["status"] == "FINISHED")]
+    if "tags.optuna_state" in trials:
+        trials = trials[trials["tags.optuna_state"] == "COMPLETE"]
+    if trials.empty:
+        return pd.DataFrame(columns=["run_id", "seed", "dev_f1", "test_f1"])
+    dev_columns = [c for c in trials.columns if re.fullmatch(r"metrics\.dev_f1_seed-?\d+", c)]
+    long = trials.melt(id_vars=["run_id"], value_vars=dev_columns, var_name="column", value_name="dev_f1")
+    long = long.dropna(subset=["dev_f1"])
+    long["seed"] = long["column"].str.extract(r"seed(-?\d+)$", expand=False).astype(int)
+    test = trials.melt(id_vars=["run_id"], value_vars=[c.replace("dev_f1", "test_f1") for c in dev_columns
+                                                       if c.replace("dev_f1", "test_f1") in trials],
+                       var_name="column", value_name="test_f1")
+    test["seed"] = test["column"].str.extract(r"seed(-?\d+)$", expand=False).astype(int)
+    long = long.merge(test[["run_id", "seed", "test_f1"]], on=["run_id", "seed"], how="left")
+    columns = {
+        "tags.study": "study", "tags.teacher": "teacher", "tags.student_model": "student_model",
+        "tags.setting": "setting", "tags.init": "init", "tags.mapping": "mapping", "tags.diagnosis": "diagnosis",
+        "metrics.teacher_dev_f1": "teacher_dev_f1", "metrics.student_params": "student_params",
+        "metrics.compression": "compression", "params.distill.temperature": "temperature",
+    }
+    meta = trials[["run_id", *[c for c in columns if c in trials]]].rename(columns=columns)
+    for name in columns.values():  # runs of older versions may lack a tag: keep the column
+        if name not in meta:
+            meta[name] = float("nan") if name in ("teacher_dev_f1", "student_params", "compression") else None
+    if "tags.student" in trials:
+        meta["student_model"] = meta["student_model"].fillna(trials["tags.student"].str.split(",").str[0])
+    rows = long.drop(columns="column").merge(meta, on="run_id", how="left")
+    if "temperature" in rows:
+        rows["temperature"] = pd.to_numeric(rows["temperature"], errors="coerce")
+    return rows
+
+
+def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Grouped numeric table: one row per (study, teacher/student, setting, init) plus teacher rows."""
+    rows = seed_rows(runs)
+    tables = []
+    if not rows.empty:
+        rows = rows.assign(pair="T: " + rows["teacher"].fillna("?") + ", S: " + rows["student_model"].fillna("?"))
+        grouped = rows.groupby(GROUP_KEYS, dropna=False)
+        table = grouped.agg(
+            dev_f1_mean=("dev_f1", "mean"), dev_f1_std=("dev_f1", "std"), n=("dev_f1", "size"),
+            test_f1_mean=("test_f1", "mean"), test_f1_std=("test_f1", "std"),
+            teacher_dev_f1=("teacher_dev_f1", "mean"), student_params=("student_params", "first"),
+            compression=("compression", "first"),
+            diagnosis=("diagnosis", lambda s: s.mode().iat[0] if not s.mode().empty else ""),
+        ).reset_index()
+        table["retention"] = table["dev_f1_mean"] / table["teacher_dev_f1"]
+        table["reference"] = False
+        tables.append(table)
+    teachers = runs[(runs["tags.role"] == "teacher") & (runs["status"] == "FINISHED")]
+    if not teachers.empty:
+        reference = pd.DataFrame({
+            "study": teachers["tags.study"], "pair": "T: " + teachers["tags.teacher"] + " (teacher, reference)",
+            "setting": "fine-tuned on gold labels", "init": "pretrained weights",
+            "dev_f1_mean": teachers["metrics.dev_f1"], "dev_f1_std": float("nan"), "n": 1,
+            "test_f1_mean": teachers["metrics.test_f1"], "test_f1_std": float("nan"),
+            "teacher_dev_f1": teachers["metrics.dev_f1"], "student_params": teachers["metrics.teacher_params"],
+            "compression": 1.0, "diagnosis": "", "retention": 1.0, "reference": True,
+        })
+        reference = reference.drop_duplicates(subset=["study", "pair", "dev_f1_mean"])
+        tables.append(reference)
+    if not tables:
+        raise ReportError("no finished trial runs to report yet")
+    table = pd.concat(tables, ignore_index=True)
+    table["dev_f1_std"] = table["dev_f1_std"].fillna(0.0)
+    table["test_f1_std"] = table["test_f1_std"].fillna(0.0)
+    return table.sort_values(["study", "reference", "dev_f1_mean"], ascending=[True, False, False]).reset_index(drop=True)
+
+
+def _pm(mean: float, std: float, n: int | None = None) -> str:
+    text = f"{mean * 100:.2f} ± {std * 100:.2f}"
+    return f"{text} (n={n})" if n is not None else text
+
+
+def _params(count: float) -> str:
+    return f"{count / 1e6:.1f}M" if count == count else "-"
+
+
+def formatted(table: pd.DataFrame, lang: str = "en") -> pd.DataFrame:
+    """Display strings with the practitioner's four columns first, then the extras."""
+    headers = HEADERS[lang]
+    view = pd.DataFrame({
+        headers["pair"]: table["pair"],
+        headers["setting"]: table["setting"],
+        headers["init"]: table["init"],
+        headers["score"]: [_pm(m, s, int(n)) for m, s, n in zip(table["dev_f1_mean"], table["dev_f1_std"], table["n"])],
+        EXTRA_HEADERS["test"]: [_pm(m, s) if m == m else "-" for m, s in zip(table["test_f1_mean"], table["test_f1_std"])],
+        EXTRA_HEADERS["retention"]: [f"{r * 100:.1f}%" if r == r else "-" for r in table["retention"]],
+        EXTRA_HEADERS["params"]: [_params(p) for p in table["student_params"]],
+        EXTRA_HEADERS["compression"]: [f"{c:.2f}x" if c == c else "-" for c in table["compression"]],
+        EXTRA_HEADERS["diagnosis"]: table["diagnosis"].fillna(""),
+        EXTRA_HEADERS["study"]: table["study"],
+    })
+    return view
+
+
+def render(table: pd.DataFrame, fmt: str = "markdown", lang: str = "en") -> str:
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", indent=2)
+    view = formatted(table, lang)
+    if fmt == "html":
+        return view.to_html(index=False, escape=True, border=0, classes="distill-lab-report")
+    return view.to_markdown(index=False) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and rename: never a half-written file."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ReportError(f"--out {path}: directory {directory} does not exist")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as err:
+        raise ReportError(f"{path}: cannot write there ({err.strerror})") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o777)
+        os.replace(temporary, path)
+    except OSError as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise ReportError(f"{path}: cannot write ({err.strerror})") from None
+
+
+def update_region(path: Path, content: str) -> None:
+    """Replace only the text between the report markers; every other byte stays as it was."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"--update {path}: file not found")
+    original = path.read_bytes().decode("utf-8")
+    start, end = original.find(BEGIN), original.find(END)
+    if start < 0 or end < 0 or end < start:
+        raise ReportError(f"--update {path}: markers {BEGIN} ... {END} not found (add them where the table goes)")
+    updated = original[: start + len(BEGIN)] + "\n" + content.rstrip("\n") + "\n" + original[end:]
+    write_atomic(path, updated)
+
+
+def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = True,
+                         n_bootstrap: int = 2000) -> list[tuple[str, Any]]:
+    """Per study that searched distill.temperature: its fit (and the PNG/JSON on the parent run)."""
+    from distill_lab.analysis import fit_temperature, temperature_figure
+
+    rows = seed_rows(runs)
+    results = []
+    if rows.empty or "temperature" not in rows:
+        return results
+    for study, group in rows.groupby("study"):
+        searched = _searched(runs, study)
+        if "distill.temperature" not in searched or group["temperature"].nunique() < 3:
+            continue
+        fit = fit_temperature(group["temperature"], group["dev_f1"], n_bootstrap=n_bootstrap)
+        results.append((study, fit))
+        if log_to_parent:
+            parent = _parent_run(runs, study)
+            if parent:
+                from mlflow.tracking import MlflowClient
+
+                import matplotlib.pyplot as plt
+
+                client = MlflowClient(tracking_uri)
+                figure = temperature_figure(fit, f"{study}: dev F1 vs T")
+                client.log_figure(parent, figure, "analysis/temperature_curve.png")
+                plt.close(figure)
+                client.log_dict(parent, fit.as_dict(), "analysis/temperature_fit.json")
+    return results
+
+
+def group_sections(runs: pd.DataFrame) -> list[tuple[str, str, Any]]:
+    """Mapping and init comparisons for studies that searched them."""
+    from distill_lab.analysis import compare_groups
+
+    rows = seed_rows(runs)
+    sections = []
+    if rows.empty:
+        return sections
+    for study, group in rows.groupby("study"):
+        searched = _searched(runs, study)
+        if "distill.layer_mapping" in searched and group["mapping"].nunique() > 1:
+            sections.append((study, "mapping", compare_groups(group, "mapping", reference="uniform")))
+        if "student.init.strategy" in searched and group["init"].nunique() > 1:
+            sections.append((study, "init", compare_groups(group, "init", reference="pretrained weights")))
+    return sections
+
+
+def _parent_run(runs: pd.DataFrame, study: str) -> str | None:
+    parents = runs[(runs["tags.role"] == "study") & (runs["tags.study"] == study)]
+    return None if parents.empty else str(parents["run_id"].iloc[0])
+
+
+def _searched(runs: pd.DataFrame, study: str) -> set[str]:
+    parents = runs[(runs["tags.role"] == "study") & (runs["tags.study"] == study)]
+    if parents.empty or "params.study.search_space" not in parents:
+        return set()
+    try:
+        return set(json.loads(parents["params.study.search_space"].iloc[0] or "{}"))
+    except (TypeError, ValueError):
+        return set()
+
+
+def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = True) -> str:
+    parts = []
+    for study, fit in temperature_sections(runs, tracking_uri, log_to_parent=log_to_parent):
+        ci = f"[{fit.t_star_ci[0]:.2f}, {fit.t_star_ci[1]:.2f}]" if fit.t_star_ci else "-"
+        t_star = f"{fit.t_star:.2f}" if fit.t_star is not None else "none (no maximum)"
+        points = pd.DataFrame({"T": fit.temperatures, "dev F1 mean": [f"{m * 100:.2f}" for m in fit.means],
+                               "std": [f"{s * 100:.2f}" for s in fit.stds], "seeds": fit.counts})
+        parts.append(
+            f"### {study}: dev F1 vs temperature\n\n{points.to_markdown(index=False)}\n\n"
+            f"- fit: dev F1 = {fit.coefficients[0]:.4f} + {fit.coefficients[1]:.4f}·ln T + "
+            f"{fit.coefficients[2]:.4f}·(ln T)² over {fit.points} seed-level points\n"
+            f"- T* = {t_star}, 95% bootstrap CI {ci} ({fit.bootstrap} resamples of seeds)\n"
+            f"- curvature {fit.curvature:.4f}, 95% CI [{fit.curvature_ci[0]:.4f}, {fit.curvature_ci[1]:.4f}]\n"
+            f"- **verdict: {fit.verdict}** — {fit.detail}\n")
+    for study, factor, comparison in group_sections(runs):
+        frame = comparison.as_frame()
+        for column in ("mean", "std", f"diff_vs_{comparison.reference}", "ci_low", "ci_high"):
+            frame[column] = (frame[column] * 100).round(2)
+        parts.append(f"### {study}: dev F1 by {factor} (vs {comparison.reference}, F1 points)\n\n"
+                     f"{frame.to_markdown(index=False)}\n")
+    return "\n".join(parts) if parts else "_no study searched distill.temperature, mappings or init strategies_\n"
