@@ -256,6 +256,42 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
         sys.stdout.write(text)
 
 
+dashboard_app = typer.Typer(help="Study dashboards: a static HTML page, or optuna-dashboard.", no_args_is_help=True)
+app.add_typer(dashboard_app, name="dashboard")
+
+
+@dashboard_app.command("build")
+def dashboard_build(study: str = typer.Argument(..., help="Study name."),
+                    out_dir: Path = typer.Option(Path("dashboard"), "--out", help="Output directory."),
+                    tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Write a self-contained HTML dashboard (works offline) and PNGs of the key plots."""
+    from distill_lab.dashboard import build
+    from distill_lab.tracking import default_tracking_uri
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    written = build(study, default_tracking_uri(tracking_uri), out_dir)
+    for name, path in written.items():
+        out.print(f"{name}: {path}")
+
+
+@dashboard_app.command("serve")
+def dashboard_serve(spec_or_name: str = typer.Argument(..., help="A spec file or a study name."),
+                    storage: Optional[str] = StorageOption, port: int = typer.Option(8080, "--port"),
+                    host: str = typer.Option("127.0.0.1", "--host")) -> None:
+    """Start optuna-dashboard on the study's storage."""
+    from distill_lab.dashboard import serve
+    from distill_lab.study import default_storage
+    from distill_lab.study_runner import _resolve_name
+
+    storage_url = storage or default_storage()
+    name = _resolve_name(spec_or_name)
+    from distill_lab.study import load_study
+
+    load_study(name, storage_url)  # a clear error for an unknown study before the server starts
+    console.print(f"optuna-dashboard for {storage_url} on http://{host}:{port} (Ctrl-C to stop)")
+    serve(storage_url, host, port)
+
+
 @app.command()
 def ui(tracking_uri: Optional[str] = TrackingOption,
        port: int = typer.Option(5000, "--port"), host: str = typer.Option("127.0.0.1", "--host")) -> None:

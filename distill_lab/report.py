@@ -190,6 +190,10 @@ def write_atomic(path: Path, text: str) -> None:
             stream.write(text)
         if path.exists():
             os.chmod(temporary, path.stat().st_mode & 0o777)
+        else:  # mkstemp creates 0600; a report is an ordinary file
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except OSError as err:
         Path(temporary).unlink(missing_ok=True)

@@ -12,17 +12,22 @@ import json
 from typing import Any
 
 import optuna
+from pydantic import ValidationError
 
 from distill_lab.distill.mapping import build_mapping
 from distill_lab.errors import SpecError
 from distill_lab.spec import (
+    RUN_SECTIONS,
     CategoricalParam,
     FloatParam,
     GridParam,
     IntParam,
     MappingStrategyParam,
     MonotoneMappingParam,
+    RunConfig,
     StudySpec,
+    resolve,
+    set_dotted,
 )
 
 MAPPING_KEY = "distill.layer_mapping"
@@ -66,6 +71,62 @@ def check_space(spec: StudySpec) -> None:
                 f"study.sampler: 'cmaes' only searches float/int parameters; {bad} are categorical "
                 "(use tpe or random)"
             )
+    _check_values(spec)
+
+
+def _field_problem(spec: StudySpec, path: str, value: Any) -> str | None:
+    """Why `value` is invalid for the field at `path` alone (None if it is valid there).
+
+    Errors of whole sections (e.g. all loss weights 0) depend on the other values and are not
+    blamed on one searched value here.
+    """
+    tree = spec.model_dump(mode="json", include=set(RUN_SECTIONS) | {"name"})
+    set_dotted(tree, path, value, create=False)
+    try:
+        RunConfig.model_validate(tree)
+    except ValidationError as err:
+        for error in err.errors():
+            location = ".".join(str(part) for part in error["loc"])
+            if location == path or location.startswith(path + "."):
+                return str(error["msg"]).removeprefix("Value error, ")
+    return None
+
+
+def _check_values(spec: StudySpec) -> None:
+    """Every value a searched parameter can take must be valid for its field, before anything runs.
+
+    The spec itself checks one representative value per parameter (its low / first choice); a bad
+    high bound or a bad later choice would otherwise only fail trials once the study is running.
+    """
+    space = spec.study.search_space
+    for path, param in space.items():
+        if isinstance(param, (FloatParam, IntParam)):
+            candidates = [("low", param.low), ("high", param.high)]
+        elif isinstance(param, CategoricalParam):
+            candidates = [("choice", choice) for choice in param.choices]
+        elif isinstance(param, GridParam):
+            candidates = [("grid value", value) for value in param.values]
+        else:  # mapping parameters: strategy names are checked by the spec, layers need the models
+            continue
+        for label, value in candidates:
+            problem = _field_problem(spec, path, value)
+            if problem:
+                raise SpecError(f"study.search_space {path!r}: {label} {value!r} is invalid for {path}: {problem}")
+    if is_grid(spec):
+        # Every grid point is run exactly once and the study is done only when all are finished:
+        # a point that can never be a valid config would keep the study unfinished forever.
+        for point in grid_points(spec):
+            params = {}
+            for path, value in point.items():
+                value = decode(value)
+                if isinstance(space[path], MappingStrategyParam):
+                    value = {"strategy": value, "pairs": None, "groups": None}
+                params[path] = value
+            try:
+                resolve(spec, params)
+            except SpecError as err:
+                shown = {path: decode(value) for path, value in point.items()}
+                raise SpecError(f"study.search_space: grid point {shown} is not a valid run config: {err}") from None
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
@@ -86,7 +147,10 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
 def suggest(trial: optuna.Trial, spec: StudySpec, *, n_teacher: int, n_student: int) -> dict[str, Any]:
     """Sample every searched parameter; returns {dotted key: value} ready for spec.resolve()."""
     params: dict[str, Any] = {}
-    for path, param in spec.study.search_space.items():
+    # A monotone mapping depends on the student's depth, which may itself be searched: sample it
+    # last, whatever the order of the spec's keys (stable sort keeps the rest in spec order).
+    ordered = sorted(spec.study.search_space.items(), key=lambda item: isinstance(item[1], MonotoneMappingParam))
+    for path, param in ordered:
         if isinstance(param, FloatParam):
             params[path] = trial.suggest_float(path, param.low, param.high, log=param.log, step=param.step)
         elif isinstance(param, IntParam):

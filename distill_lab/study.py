@@ -8,6 +8,7 @@ user attrs so workers on any host attach their trial runs to it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from distill_lab import models, naming, search_space
@@ -33,6 +35,10 @@ from distill_lab.tracking import Tracker, TrackingError, confusion_figure, predi
 
 log = logging.getLogger(__name__)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_SECONDS = 2.0
+# Heartbeat of RDB storages: a worker silent for GRACE seconds is dead and its trial re-queued.
+HEARTBEAT_INTERVAL = int(os.environ.get("DISTILL_LAB_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD = int(os.environ.get("DISTILL_LAB_GRACE_PERIOD", "40"))
 
 
 # --------------------------------------------------------------------------- storage
@@ -67,9 +73,10 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
     engine_kwargs: dict[str, Any] = {}
     if not url.startswith("sqlite"):
         # Dead workers are detected by heartbeat and their trials re-queued by Optuna itself.
-        kwargs = dict(heartbeat_interval=10, grace_period=40,
-                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3))
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
+        kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                      failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        # Small pools: many workers share one PostgreSQL server (max_connections is ~100).
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2, "pool_recycle": 300}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as err:  # noqa: BLE001 - connection/driver errors become one line
@@ -248,16 +255,24 @@ def enqueue_missing_grid_points(study: optuna.Study, spec: StudySpec) -> int:
 
 
 def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> int:
-    """MLflow trial runs still RUNNING whose Optuna trial is not running anymore (killed -9)."""
-    running_ids = {t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False,
-                                                                              states=(TrialState.RUNNING,))}
+    """End FAILED the MLflow trial runs still RUNNING whose Optuna trial is no longer running.
+
+    That happens when a worker is killed -9 or its heartbeat went stale. Matching goes through the
+    run's `optuna_trial_id` tag, which is set when the run is created (no race with the trial attr).
+    """
+    running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     ended = 0
     for run in tracker.runs_in_state(experiment_id):
-        if run.data.tags.get("study") == study.study_name and run.data.tags.get("role") == "trial" \
-                and run.info.run_id not in running_ids:
-            tracker.client.set_tag(run.info.run_id, "error", "process died before the run ended")
-            tracker.end_run(run.info.run_id, "FAILED")
-            ended += 1
+        tags = run.data.tags
+        if tags.get("study") != study.study_name or tags.get("role") != "trial":
+            continue
+        trial_id = int(tags.get("optuna_trial_id", -1))
+        if trial_id in running:
+            continue
+        tracker.client.set_tag(run.info.run_id, "error", "worker died before the run ended")
+        tracker.client.set_tag(run.info.run_id, "optuna_state", "FAIL")
+        tracker.end_run(run.info.run_id, "FAILED")
+        ended += 1
     return ended
 
 
@@ -283,12 +298,17 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
     """The objective: every seed of one sampled setting; returns the mean best dev F1."""
     from distill_lab.pipeline import run_distillation
 
+    # optuna.Trial has no system_attrs (only FrozenTrial has): ask the storage.
+    system_attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    retry_of = trial.user_attrs.get("mlflow_run_id") if "failed_trial" in system_attrs else None
     trial.set_user_attr("worker", _owner())
     params = sampled_params(trial, ctx)
     base = resolve(ctx.spec, params)
     tags = {"role": "trial", "study": ctx.spec.name, "trial_number": trial.number,
             "optuna_trial_id": trial._trial_id, "optuna_state": "RUNNING", "setting": naming.setting(base),
             "init": naming.init_name(base), "mapping": naming.mapping_name(base)}
+    if retry_of:  # a re-queued trial of a dead worker links to the dead worker's run
+        tags.update(retry_of_run=retry_of, retry_of_trial=system_attrs["failed_trial"])
     with tracker.run(experiment_id, naming.run_name(trial.number, base), tags=tags,
                      parent_run_id=parent_run_id) as run:
         trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -317,8 +337,11 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
                     raise optuna.TrialPruned(f"pruned at step {result.train_result.steps}")
         except optuna.TrialPruned:
             raise
-        except DistillLabError:
-            run.set_tags({"optuna_state": "FAIL"})
+        except BaseException:
+            # Any other way out (NaN, out of memory, a bug, Ctrl-C) makes the Optuna trial FAIL:
+            # the tag must say so rather than stay RUNNING on a run that has ended.
+            with contextlib.suppress(Exception):
+                run.set_tags({"optuna_state": "FAIL"})
             raise
         value = _log_final(run, results, ctx, trial)
         _log_artifacts(run, results[0], base, ctx)
@@ -423,6 +446,7 @@ def work(ctx: StudyContext, *, on_trial: Callable[[optuna.Study], None] | None =
     experiment_id = study.user_attrs["mlflow_experiment_id"]
     parent_run_id = study.user_attrs["mlflow_parent_run_id"]
     grid = search_space.is_grid(ctx.spec)
+    heartbeat = is_heartbeat_enabled(study._storage)
     started = time.monotonic()
     failures = 0
     while True:
@@ -432,21 +456,35 @@ def work(ctx: StudyContext, *, on_trial: Callable[[optuna.Study], None] | None =
             break
         if ctx.timeout and time.monotonic() - started > ctx.timeout:
             break
-        if grid and counts[TrialState.WAITING] == 0:
-            break
-        if not grid and finished + counts[TrialState.RUNNING] >= ctx.n_trials:
-            break
+        running = counts[TrialState.RUNNING]
+        nothing_to_take = (counts[TrialState.WAITING] == 0) if grid else (finished + running >= ctx.n_trials)
+        if nothing_to_take:
+            if not (heartbeat and running):
+                break
+            # A running trial may still die and be re-queued by its stale heartbeat: wait and look again.
+            time.sleep(POLL_SECONDS)
+            optuna.storages.fail_stale_trials(study)
+            end_orphan_runs(study, tracker, experiment_id)
+            continue
         if failures > max(3, ctx.n_trials):
             log.warning("stopping: %d trials failed in this worker", failures)
             break
+        if heartbeat:
+            # Optuna's own machinery: trials of workers whose heartbeat stopped become FAIL and are
+            # re-queued by RetryHeartbeatStaleTrialCallback; their MLflow runs are ended FAILED.
+            optuna.storages.fail_stale_trials(study)
+            end_orphan_runs(study, tracker, experiment_id)
         trial = study.ask()
         try:
-            value = run_trial(trial, ctx, tracker, experiment_id, parent_run_id, stage=stage)
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                value = run_trial(trial, ctx, tracker, experiment_id, parent_run_id, stage=stage)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr("fail_reason", "interrupted")
             study.tell(trial, state=TrialState.FAIL)
+            if grid:  # the point goes back to the queue for another worker
+                study.enqueue_trial(trial.params)
             raise
         except Exception as err:  # noqa: BLE001 - like optuna's _run_trial: record, fail the trial, go on
             failures += 1
@@ -567,6 +605,10 @@ def prepare_shared_teacher(ctx: StudyContext, tracker: Tracker, experiment_id: s
     from distill_lab.teacher import prepare_teacher
 
     config = resolve(ctx.spec)
+    if config.training.num_threads:
+        import torch
+
+        torch.set_num_threads(config.training.num_threads)
     corpus = _corpus_for(config)
     teacher = prepare_teacher(config, corpus, device=resolve_device(config.training.device), progress=stage and (
         lambda done, total: stage("teacher fine-tune", done, total)))

@@ -87,6 +87,9 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
         status = "KILLED"
         console.print("interrupted: the current trial's run ended KILLED; run the same command to resume")
         return 130
+    except BaseException:
+        status = "FAILED"  # e.g. the teacher fine-tune failed: the study run did not finish
+        raise
     finally:
         tracker.end_run(parent_run_id, status)
         _log_study_metrics(study, tracker, parent_run_id)
@@ -136,7 +139,9 @@ def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) 
     out.print(f"study {study.study_name}: {_study_line(study)}")
     best = driver.best_trial(study)
     if best is not None:
-        params = {k: v for k, v in best.params.items()}
+        from distill_lab.search_space import decode
+
+        params = {k: decode(v) for k, v in best.params.items()}
         out.print(f"best trial #{best.number}: dev F1 {best.value * 100:.2f}  params {params}  "
                   f"MLflow run {best.user_attrs.get('mlflow_run_id', '-')}")
     out.print(f"Optuna storage: {ctx.storage_url}   MLflow: {ctx.tracking_uri}   (distill-lab ui; distill-lab report)")

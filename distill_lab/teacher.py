@@ -38,9 +38,9 @@ class Teacher:
     fine_tune_seconds: float = 0.0
 
 
-def _file_digest(directory: str) -> str:
-    config = Path(directory) / "config.json"
-    return hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else directory
+def _file_digest(directory: str, name: str = "config.json") -> str:
+    path = Path(directory) / name
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else directory
 
 
 def teacher_fingerprint(config: RunConfig, corpus: NerCorpus, ref: models.ModelRef) -> str:
@@ -55,6 +55,11 @@ def teacher_fingerprint(config: RunConfig, corpus: NerCorpus, ref: models.ModelR
         "max_length": config.data.max_length,
         "recipe": recipe,
     }
+    if ref.kind == "tiny":
+        # Tiny models are built locally and their tokenizer can change while config.json does not
+        # (older builds mapped every word to [UNK]); a teacher fine-tuned with another tokenizer
+        # must not be reused.
+        payload["tokenizer_files"] = _file_digest(ref.location, "tokenizer.json")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

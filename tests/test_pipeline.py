@@ -344,10 +344,15 @@ def test_nan_loss_from_the_loss_function_is_trial_error(monkeypatch):
 
 
 def test_same_seed_same_scores_other_seed_differs():
-    first = run_distillation(_config("training.seed=3"))
-    again = run_distillation(_config("training.seed=3"))
-    other = run_distillation(_config("training.seed=4"))
+    # the trained E2E teacher copied into a 2-layer student: dev F1 ~0.74, so differences show
+    setting = (*E2E, "training.epochs=1", "student.init.strategy=teacher")
+    first = run_distillation(_config(*setting, "training.seed=3"))
+    again = run_distillation(_config(*setting, "training.seed=3"))
+    other = run_distillation(_config(*setting, "training.seed=4"))
+    assert first.dev.f1 > 0.5
     assert abs(first.dev.f1 - again.dev.f1) <= 1e-9
+    assert first.test.f1 == again.test.f1
+    assert abs(first.dev.f1 - other.dev.f1) > 1e-9
     assert [h["loss_total"] for h in first.train_result.history] == [h["loss_total"] for h in again.train_result.history]
     for key, value in first.student.state_dict().items():
         assert torch.equal(value, again.student.state_dict()[key])
@@ -444,3 +449,49 @@ def test_projections_for_a_narrower_student(monkeypatch, kind, direction):
     assert any(not torch.equal(v, initial[k]) for k, v in projections.state_dict().items())
     last = result.train_result.history[-1]
     assert math.isfinite(last["loss_hidden"]) and 0 < last["loss_hidden"] <= 2  # cosine loss range
+
+
+@pytest.mark.parametrize("family", ["tiny-bert", "tiny-roberta", "tiny-electra", "tiny-deberta"])
+def test_hidden_and_attention_losses_for_every_family(family):
+    result = run_distillation(_config(f"teacher.model={family}", "distill.alpha_hidden=1.0",
+                                      "distill.alpha_attention=1.0", "distill.layer_mapping.strategy=many_to_one"))
+    assert result.teacher.ref.reference == family
+    assert result.summary()["distill"]["layer_mapping"] == "0+1->0 2+3->1"
+    assert result.summary()["student"]["init_layers"] == [0, 3]
+    last = result.train_result.history[-1]
+    for name in ("loss_hard", "loss_soft", "loss_hidden", "loss_attention"):
+        assert math.isfinite(last[name]) and last[name] > 0, name
+    assert last["loss_total"] == pytest.approx(
+        0.5 * last["loss_hard"] + 0.5 * last["loss_soft"] + last["loss_hidden"] + last["loss_attention"])
+
+
+def test_train_on_an_empty_split_is_trial_error():
+    from distill_lab.data.align import EncodedSplit
+    from distill_lab.distill.engine import TrainRecipe, train
+
+    model = _classifier("tiny-bert", 0)
+    empty = EncodedSplit([], [], 0)
+    with pytest.raises(TrialError, match="the training split has no sentences"):
+        train(model, empty, empty, HAND_LABELS, TrainRecipe(epochs=1, learning_rate=1e-3, batch_size=4), Objective())
+
+
+def test_teacher_fingerprint_of_tiny_model_follows_its_tokenizer(tmp_path):
+    import shutil
+
+    from distill_lab.teacher import teacher_fingerprint
+
+    config = _config()
+    corpus = load_corpus(config.data)
+    ref = models.resolve_reference("tiny-bert")
+    copy_dir = tmp_path / "tiny-bert"
+    shutil.copytree(ref.location, copy_dir)
+    same = models.ModelRef("tiny-bert", str(copy_dir), "tiny", "Tiny-Bert")
+    assert teacher_fingerprint(config, corpus, same) == teacher_fingerprint(config, corpus, ref)
+    (copy_dir / "tokenizer.json").write_text((copy_dir / "tokenizer.json").read_text().replace('"mary"', '"marie"'))
+    assert teacher_fingerprint(config, corpus, same) != teacher_fingerprint(config, corpus, ref)
+    # other recipes, data or max_length are other teachers as well
+    assert teacher_fingerprint(_config("teacher.finetune.seed=1"), corpus, ref) != teacher_fingerprint(config, corpus, ref)
+    assert teacher_fingerprint(_config("data.max_length=40"), corpus, ref) != teacher_fingerprint(config, corpus, ref)
+    # ... but the student side is not part of the teacher
+    assert teacher_fingerprint(_config("training.seed=9", "distill.temperature=5"), corpus, ref) == \
+        teacher_fingerprint(config, corpus, ref)

@@ -162,6 +162,8 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
           on_eval: OnEval | None = None, progress: Progress | None = None) -> TrainResult:
     """Train `model` on `train_split`, evaluating on `dev_split`; the best dev-F1 weights are kept."""
     device = device or torch.device("cpu")
+    if len(train_split) == 0:  # the epoch loop below would never end
+        raise TrialError("the training split has no sentences; nothing to train on")
     torch.manual_seed(recipe.seed)
     model.to(device)
     if objective.projections is not None:

@@ -1,0 +1,190 @@
+"""Static study dashboard (one self-contained HTML page, plotly inlined: works offline) and PNGs.
+
+Plots: dev F1 vs T with the quadratic fit and the T* band, parallel coordinates of params -> F1,
+F1 by mapping strategy and by init (box + points), optimisation history, and the report table.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distill_lab import report as reporting
+from distill_lab.errors import DistillLabError
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "dashboards" / "study.html"
+
+
+def _trial_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    trials = runs[(runs["tags.role"] == "trial") & (runs["status"] == "FINISHED")].copy()
+    if trials.empty:
+        return trials
+    trials["trial_number"] = pd.to_numeric(trials["tags.trial_number"], errors="coerce")
+    trials["best_dev_f1"] = pd.to_numeric(trials.get("metrics.best_dev_f1"), errors="coerce")
+    return trials.sort_values("trial_number")
+
+
+def temperature_plot(fit: Any, rows: pd.DataFrame) -> Any:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=rows["temperature"], y=rows["dev_f1"] * 100, mode="markers", name="seed runs",
+                                marker=dict(size=6, opacity=0.5)))
+    figure.add_trace(go.Scatter(x=fit.temperatures, y=[m * 100 for m in fit.means], mode="markers",
+                                error_y=dict(type="data", array=[s * 100 for s in fit.stds]), name="mean ± std",
+                                marker=dict(size=10)))
+    grid = np.exp(np.linspace(math.log(min(fit.temperatures)), math.log(max(fit.temperatures)), 200))
+    a, b, c = fit.coefficients
+    figure.add_trace(go.Scatter(x=grid, y=(a + b * np.log(grid) + c * np.log(grid) ** 2) * 100, mode="lines",
+                                name="quadratic fit in log T"))
+    if fit.t_star is not None and fit.t_star_ci is not None:
+        low = max(fit.t_star_ci[0], min(fit.temperatures) / 2)
+        high = min(fit.t_star_ci[1], max(fit.temperatures) * 2)
+        figure.add_vrect(x0=low, x1=high, fillcolor="green", opacity=0.12, line_width=0, annotation_text="T* 95% CI")
+        figure.add_vline(x=fit.t_star, line_dash="dash", line_color="green", annotation_text=f"T*={fit.t_star:.2f}")
+    figure.update_layout(title=f"dev F1 vs temperature — {fit.verdict}", xaxis_type="log",
+                         xaxis_title="temperature T (log)", yaxis_title="dev F1 (%)", height=420)
+    return figure
+
+
+def parallel_plot(trials: pd.DataFrame) -> Any | None:
+    import plotly.graph_objects as go
+
+    params = json.loads(trials["params.optuna.params"].dropna().iloc[0]) if "params.optuna.params" in trials \
+        and trials["params.optuna.params"].notna().any() else {}
+    dimensions = []
+    for key in params:
+        column = f"params.{key}"
+        if column not in trials:
+            continue
+        values = pd.to_numeric(trials[column], errors="coerce")
+        if values.notna().all():
+            dimensions.append(dict(label=key.split(".")[-1], values=values))
+        else:
+            codes, labels = pd.factorize(trials[column].astype(str))
+            dimensions.append(dict(label=key.split(".")[-1], values=codes, tickvals=list(range(len(labels))),
+                                   ticktext=[label[:18] for label in labels]))
+    if not dimensions:
+        return None
+    dimensions.append(dict(label="dev F1 (%)", values=trials["best_dev_f1"] * 100))
+    figure = go.Figure(go.Parcoords(line=dict(color=trials["best_dev_f1"] * 100, colorscale="Viridis",
+                                              showscale=True), dimensions=dimensions))
+    figure.update_layout(title="parameters → dev F1", height=420)
+    return figure
+
+
+def group_plot(rows: pd.DataFrame, factor: str, title: str) -> Any | None:
+    import plotly.express as px
+
+    if factor not in rows or rows[factor].nunique() < 2:
+        return None
+    frame = rows.assign(dev_f1_pct=rows["dev_f1"] * 100)
+    figure = px.box(frame, x=factor, y="dev_f1_pct", points="all", title=title,
+                    labels={"dev_f1_pct": "dev F1 (%)", factor: factor})
+    figure.update_layout(height=420)
+    return figure
+
+
+def history_plot(trials: pd.DataFrame) -> Any:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=trials["trial_number"], y=trials["best_dev_f1"] * 100, mode="markers",
+                                name="trial"))
+    figure.add_trace(go.Scatter(x=trials["trial_number"], y=trials["best_dev_f1"].cummax() * 100, mode="lines",
+                                name="best so far"))
+    figure.update_layout(title="optimisation history", xaxis_title="trial", yaxis_title="dev F1 (%)", height=380)
+    return figure
+
+
+def build(study: str, tracking_uri: str, out_dir: Path) -> dict[str, Path]:
+    """Write index.html (+ PNGs of the temperature curve and the group comparison) into out_dir."""
+    import plotly.io as pio
+
+    runs = reporting.load_runs(tracking_uri, [study])
+    trials = _trial_frame(runs)
+    if trials.empty:
+        raise DistillLabError(f"study {study!r} has no finished trial runs yet")
+    rows = reporting.seed_rows(runs)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DistillLabError(f"--out {out_dir}: cannot create directory ({err.strerror})") from None
+    written: dict[str, Path] = {}
+    figures = []
+    fits = reporting.temperature_sections(runs, tracking_uri, log_to_parent=False, n_bootstrap=1000)
+    for _, fit in fits:
+        figures.append(temperature_plot(fit, rows))
+        written["temperature_png"] = _save_temperature_png(fit, out_dir / "temperature_curve.png")
+    parallel = parallel_plot(trials)
+    if parallel is not None:
+        figures.append(parallel)
+    for factor, title in (("mapping", "dev F1 by layer mapping"), ("init", "dev F1 by student init")):
+        figure = group_plot(rows, factor, title)
+        if figure is not None:
+            figures.append(figure)
+            written[f"{factor}_png"] = _save_group_png(rows, factor, title, out_dir / f"f1_by_{factor}.png")
+    figures.append(history_plot(trials))
+    table_html = reporting.render(reporting.experiment_table(runs), "html")
+    divs = [pio.to_html(figure, full_html=False, include_plotlyjs=(index == 0), config={"displaylogo": False})
+            for index, figure in enumerate(figures)]
+    page = _page(study, tracking_uri, divs, table_html, fits)
+    reporting.write_atomic(out_dir / "index.html", page)
+    written["html"] = out_dir / "index.html"
+    return written
+
+
+def _page(study: str, tracking_uri: str, divs: list[str], table_html: str, fits: list[Any]) -> str:
+    template = TEMPLATE.read_text(encoding="utf-8") if TEMPLATE.is_file() else "{{title}}{{summary}}{{plots}}{{table}}"
+    summary = "".join(
+        f"<p><b>{html.escape(name)}</b>: {html.escape(fit.verdict)} — {html.escape(fit.detail)}</p>" for name, fit in fits)
+    plots = "\n".join(f'<section class="plot">{div}</section>' for div in divs)
+    return (template.replace("{{title}}", html.escape(f"distill-lab — {study}"))
+            .replace("{{source}}", html.escape(tracking_uri)).replace("{{summary}}", summary)
+            .replace("{{plots}}", plots).replace("{{table}}", table_html))
+
+
+def _save_temperature_png(fit: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from distill_lab.analysis import temperature_figure
+
+    figure = temperature_figure(fit)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _save_group_png(rows: pd.DataFrame, factor: str, title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(name, group["dev_f1"].to_numpy() * 100) for name, group in rows.groupby(factor)]
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    axes.boxplot([values for _, values in groups], tick_labels=[str(name)[:22] for name, _ in groups])
+    for position, (_, values) in enumerate(groups, start=1):
+        axes.scatter(np.full(len(values), position), values, alpha=0.6, s=14)
+    axes.set_ylabel("dev F1 (%)")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """optuna-dashboard on the study's storage (blocks until interrupted)."""
+    from optuna_dashboard import run_server
+
+    from distill_lab.study import open_storage
+
+    run_server(open_storage(storage_url), host=host, port=port)

@@ -1,0 +1,474 @@
+"""The Optuna driver end to end: MLflow run structure, resume, failures, interrupts, workers, kill -9.
+
+Every study here is tiny (tiny-bert teacher, 2-layer student, 60/20/20 synthetic sentences) so a
+trial takes well under a second once the teacher is cached. Each test gets its own Optuna journal
+and its own MLflow sqlite store in tmp_path (a copy of one empty, already migrated store).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+from rich.console import Console
+
+from distill_lab import pipeline
+from distill_lab import study as driver
+from distill_lab.errors import SpecError
+from distill_lab.spec import parse_spec, set_dotted
+from distill_lab.study_runner import run_study
+from distill_lab.tracking import Tracker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# A teacher and student that learn a little in a few steps, so F1 values are not all 0.
+BASE: dict[str, Any] = {
+    "name": "unit_study",
+    "data": {"source": "synthetic", "synthetic": {"n_train": 60, "n_dev": 20, "n_test": 20, "seed": 0},
+             "max_length": 32, "train_sample_size": 20},
+    "teacher": {"model": "tiny-bert", "finetune": {"epochs": 4, "learning_rate": 1.0e-2, "batch_size": 16}},
+    "student": {"from_teacher": {"num_layers": 2}},
+    "training": {"epochs": 2, "learning_rate": 1.0e-2, "batch_size": 16, "eval_every": 2, "device": "cpu",
+                 "num_threads": 1},
+    "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5},
+    "study": {"n_trials": 3, "sampler": "random", "sampler_seed": 0, "pruner": "none",
+              "search_space": {"distill.temperature": {"type": "float", "low": 1.0, "high": 8.0, "log": True}}},
+}
+STEP_METRICS = ("dev_f1", "loss_total", "loss_hard", "loss_soft", "learning_rate")
+FINAL_METRICS = ("best_dev_f1", "test_f1", "train_sample_f1", "teacher_dev_f1", "retention", "student_params",
+                 "teacher_params", "compression", "tokens_per_second", "wall_seconds")
+TRIAL_TAGS = ("study", "trial_number", "teacher", "student", "init", "setting", "optuna_state")
+ARTIFACTS = {"config.yaml", "classification_report.txt", "per_type_f1.json", "confusion_matrix.png",
+             "sample_predictions.tsv"}
+CLI_TIMEOUT = 180
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store, migrated once (creating one costs seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    # Driver code sets torch's thread count and a SIGTERM handler for the whole process.
+    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    yield
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.fixture
+def store(tmp_path: Path, _mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """A private Optuna journal and MLflow store; cwd is tmp_path (MLflow puts artifacts under it)."""
+    shutil.copy(_mlflow_template, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    return SimpleNamespace(dir=tmp_path, journal=str(tmp_path / "optuna.journal"),
+                           uri=f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def _raw(changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    raw = copy.deepcopy(BASE)
+    for key, value in (changes or {}).items():
+        set_dotted(raw, key, value)
+    return raw
+
+
+def _spec(changes: dict[str, Any] | None = None):
+    return parse_spec(_raw(changes), source="test")
+
+
+def _ctx(spec, store: SimpleNamespace, n_trials: int | None = None) -> driver.StudyContext:
+    n_teacher, n_student = driver.layer_counts(spec)
+    return driver.StudyContext(spec=spec, storage_url=store.journal, tracking_uri=store.uri,
+                               n_trials=driver.target_trials(spec, n_trials), n_teacher=n_teacher,
+                               n_student=n_student)
+
+
+def _run(ctx: driver.StudyContext) -> tuple[int, str]:
+    """`study run` in-process: returns (exit code, everything it printed)."""
+    text = io.StringIO()
+    code = run_study(ctx, workers=1, console=Console(file=text, width=200), out=Console(file=text, width=200))
+    return code, text.getvalue()
+
+
+def _load(store: SimpleNamespace, name: str = "unit_study") -> optuna.Study:
+    return driver.load_study(name, store.journal)
+
+
+def _client(store: SimpleNamespace):
+    return Tracker(store.uri).client
+
+
+def _runs(store: SimpleNamespace, study: optuna.Study, filter_string: str = "") -> list[Any]:
+    return _client(store).search_runs([study.user_attrs["mlflow_experiment_id"]], filter_string=filter_string,
+                                      max_results=1000)
+
+
+def _states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def _write_spec(directory: Path, changes: dict[str, Any] | None = None, raw: dict[str, Any] | None = None) -> Path:
+    path = directory / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw if raw is not None else _raw(changes), sort_keys=False))
+    return path
+
+
+def _cli_env() -> dict[str, str]:
+    # DISTILL_LAB_HOME (set by conftest) is inherited: the subprocesses reuse the cached teacher.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _cli(args: list[str], cwd: Path, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill_lab.cli", *args], cwd=cwd, env=_cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- 4. run structure in MLflow
+def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(store):
+    ctx = _ctx(_spec(), store)
+    code, output = _run(ctx)
+    assert code == 0, output
+    study = _load(store)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    client = _client(store)
+    runs = _runs(store, study)
+    by_role: dict[str, list[Any]] = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags.get("role"), []).append(run)
+    assert sorted(by_role) == ["study", "teacher", "trial"]
+
+    (parent,) = by_role["study"]
+    assert parent.info.run_id == study.user_attrs["mlflow_parent_run_id"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["n_complete"] == 3 and parent.data.metrics["n_failed"] == 0
+    best = driver.best_trial(study)
+    assert parent.data.metrics["best_dev_f1"] == pytest.approx(best.value)
+    assert parent.data.params["study.n_trials"] == "3"
+
+    (teacher,) = by_role["teacher"]
+    assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert teacher.info.status == "FINISHED"
+
+    children = by_role["trial"]
+    assert len(children) == 3
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert {run.info.status for run in runs} == {"FINISHED"}  # nothing left RUNNING
+    assert _runs(store, study, "attributes.status = 'RUNNING'") == []
+
+    for trial in trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+        # Optuna <-> MLflow cross-reference, both ways.
+        assert tags["trial_number"] == str(trial.number)
+        assert tags["optuna_trial_id"] == str(trial._trial_id)
+        assert set(TRIAL_TAGS) <= set(tags)
+        assert tags["study"] == "unit_study" and tags["optuna_state"] == "COMPLETE"
+        assert tags["teacher"] == "tiny-bert (4 layers)" and tags["student"] == "2 layers, init=teacher"
+        assert tags["init"] == "fine-tuned teacher weights"
+        temperature = trial.params["distill.temperature"]
+        assert tags["setting"].startswith(f"T={temperature:.3g} a=0.5/0.5/0")
+        # Params: the flattened, dotted run config with the sampled value filled in.
+        assert float(params["distill.temperature"]) == pytest.approx(temperature)
+        assert params["training.learning_rate"] == "0.01" and params["student.from_teacher.num_layers"] == "2"
+        assert params["optuna.trial_number"] == str(trial.number)
+        # Step metrics: the dev F1 curve (4 evaluations + the final best value) and the losses.
+        history = sorted(client.get_metric_history(run.info.run_id, "dev_f1"), key=lambda m: (m.step, m.timestamp))
+        assert len(history) >= 2
+        assert [m.step for m in history] == [2, 4, 6, 8, 9]  # eval_every=2 over 8 steps, then the best
+        assert history[-1].value == pytest.approx(trial.value)
+        assert max(m.value for m in history[:-1]) == pytest.approx(trial.value)
+        for key in STEP_METRICS[1:]:
+            assert len(client.get_metric_history(run.info.run_id, key)) == 4, key
+        assert set(FINAL_METRICS) <= set(metrics)
+        assert metrics["best_dev_f1"] == pytest.approx(trial.value)
+        assert trial.user_attrs["dev_f1_per_seed"] == {"13": pytest.approx(trial.value)}
+        assert metrics["teacher_dev_f1"] == pytest.approx(teacher.data.metrics["dev_f1"])
+        assert metrics["teacher_params"] == teacher.data.metrics["teacher_params"]
+        assert metrics["compression"] == pytest.approx(metrics["teacher_params"] / metrics["student_params"])
+        assert metrics["compression"] > 1.0
+        expected_retention = trial.value / metrics["teacher_dev_f1"] if metrics["teacher_dev_f1"] > 0 else 0.0
+        assert metrics["retention"] == pytest.approx(expected_retention)
+        assert 0.0 <= metrics["test_f1"] <= 1.0 and 0.0 <= metrics["train_sample_f1"] <= 1.0
+        assert metrics["tokens_per_second"] > 0 and metrics["wall_seconds"] > 0
+        artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+        assert ARTIFACTS <= artifacts
+    # The sweep found something: at least one student learned beyond nothing.
+    assert best.value > 0
+
+
+# --------------------------------------------------------------------------- 5. resume
+def test_run_study_again_adds_nothing_and_continues_to_a_raised_n_trials(store):
+    spec = _spec({"study.n_trials": 2})
+    assert _run(_ctx(spec, store))[0] == 0
+    study = _load(store)
+    first = [(t.number, t.params, t.value) for t in study.get_trials()]
+    assert _states(study) == ["COMPLETE", "COMPLETE"]
+    run_ids = {run.info.run_id for run in _runs(store, study)}
+    assert len(run_ids) == 4  # parent, teacher, 2 trials
+
+    code, output = _run(_ctx(spec, store))
+    assert code == 0 and "nothing to do" in output
+    study = _load(store)
+    assert len(study.trials) == 2
+    assert {run.info.run_id for run in _runs(store, study)} == run_ids
+
+    code, output = _run(_ctx(spec, store, n_trials=3))
+    assert code == 0, output
+    study = _load(store)
+    assert _states(study) == ["COMPLETE"] * 3
+    assert [(t.number, t.params, t.value) for t in study.get_trials()[:2]] == first
+    assert study.user_attrs["n_trials"] == 3
+    runs = _runs(store, study)
+    new = [run for run in runs if run.info.run_id not in run_ids]
+    assert [run.data.tags["role"] for run in new] == ["trial"]
+    assert new[0].data.tags["trial_number"] == "2"
+    assert [run.data.tags["role"] for run in runs].count("study") == 1
+    assert [run.data.tags["role"] for run in runs].count("teacher") == 1
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+def test_create_or_load_refuses_a_changed_spec_under_the_same_name(store):
+    assert _run(_ctx(_spec({"study.n_trials": 1}), store))[0] == 0
+    changed = _spec({"study.n_trials": 1, "training.epochs": 3})
+    with pytest.raises(SpecError, match="already exists .* with a different spec"):
+        _run(_ctx(changed, store))
+
+
+# --------------------------------------------------------------------------- 6. NaN -> FAIL
+def test_trial_with_nan_loss_fails_and_the_study_completes_the_others(store):
+    spec = _spec({"study.search_space": {"training.learning_rate": {"type": "categorical",
+                                                                    "choices": [1.0e-2, 1.0e30]}}})
+    ctx = _ctx(spec, store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    study.enqueue_trial({"training.learning_rate": 1.0e30})  # trial 0 diverges for sure
+    code, output = _run(ctx)
+    assert code == 0, output
+    study = _load(store)
+    trials = study.get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert trials[0].state == TrialState.FAIL
+    assert len(complete) == 3
+    assert {t.params["training.learning_rate"] for t in failed} == {1.0e30}
+    assert {t.params["training.learning_rate"] for t in complete} == {1.0e-2}
+    client = _client(store)
+    for trial in failed:
+        assert trial.user_attrs["fail_reason"].startswith("TrialError: loss became")
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED"
+        assert run.data.tags["optuna_state"] == "FAIL"
+        assert "loss became" in run.data.tags["error"]
+    for trial in complete:
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_failed"] == len(failed)
+    assert _runs(store, study, "attributes.status = 'RUNNING'") == []
+
+
+# --------------------------------------------------------------------------- 7. interrupt -> KILLED
+def test_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumable(store, monkeypatch):
+    ctx = _ctx(_spec(), store)
+    storage = driver.open_storage(ctx.storage_url)
+    study = driver.create_or_load(ctx, storage)
+    tracker = Tracker(ctx.tracking_uri)
+    driver.ensure_tracking(ctx, study, tracker)
+    real = pipeline.run_distillation
+    calls = []
+
+    def interrupted_second_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("Ctrl-C")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_distillation", interrupted_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        driver.work(ctx)
+    monkeypatch.setattr(pipeline, "run_distillation", real)
+
+    study = _load(store)
+    assert _states(study) == ["COMPLETE", "FAIL"]
+    killed = study.trials[1]
+    assert killed.user_attrs["fail_reason"] == "interrupted"
+    run = tracker.client.get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["optuna_state"] == "FAIL"
+
+    assert driver.reconcile(study, ctx, tracker) == 0  # the trial was already told FAIL
+    driver.work(ctx)
+    study = _load(store)
+    assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert driver.finished_count(study) == ctx.n_trials == 3
+    statuses = [tracker.client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in study.trials]
+    assert statuses == ["FINISHED", "KILLED", "FINISHED", "FINISHED"]
+
+
+# --------------------------------------------------------------------------- 8. grid with 2 workers
+def test_grid_study_with_two_workers_runs_every_point_exactly_once(store):
+    spec_path = _write_spec(store.dir, {
+        "name": "grid_study",
+        "study.sampler": "grid", "study.seeds": [1, 2],
+        "study.search_space": {"distill.temperature": {"type": "grid", "values": [1, 2, 4, 8]}}})
+    result = _cli(["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", store.uri,
+                   "--workers", "2"], cwd=store.dir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "database is locked" not in output and "Traceback" not in output
+    study = _load(store, "grid_study")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(t.params["distill.temperature"] for t in trials) == [1, 2, 4, 8]
+    client = _client(store)
+    for trial in trials:
+        per_seed = trial.user_attrs["dev_f1_per_seed"]
+        assert sorted(per_seed) == ["1", "2"]
+        assert trial.value == pytest.approx((per_seed["1"] + per_seed["2"]) / 2)
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["seeds"] == "1,2"
+        assert run.data.metrics["dev_f1_seed1"] == pytest.approx(per_seed["1"])
+        assert run.data.metrics["dev_f1_seed2"] == pytest.approx(per_seed["2"])
+        assert len(client.get_metric_history(run.info.run_id, "seed2_dev_f1")) == 4
+    runs = _runs(store, study)
+    assert sorted(run.data.tags["role"] for run in runs) == ["study", "teacher"] + ["trial"] * 4
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+# --------------------------------------------------------------------------- 9. bad specs write nothing
+BAD_SPACES = {
+    "unknown dotted path": ({"distill.temprature": {"type": "float", "low": 1, "high": 4}}, "distill.temprature"),
+    "low above high": ({"distill.temperature": {"type": "float", "low": 8, "high": 2}}, "distill.temperature"),
+    "empty categorical": ({"distill.alpha_soft": {"type": "categorical", "choices": []}}, "distill.alpha_soft"),
+    "grid with a non-list": ({"distill.temperature": {"type": "grid", "values": 4}}, "distill.temperature"),
+    "high out of range": ({"training.warmup_ratio": {"type": "float", "low": 0.1, "high": 1.5}},
+                          "training.warmup_ratio"),
+    "bad later choice": ({"distill.temperature": {"type": "categorical", "choices": [2, -1]}},
+                         "distill.temperature"),
+}
+
+
+def test_study_run_with_a_bad_search_space_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    launched = {}
+    for case, (space, _) in BAD_SPACES.items():
+        directory = tmp_path / case.replace(" ", "_")
+        directory.mkdir()
+        raw = _raw({"study.search_space": space})
+        if case == "grid with a non-list":
+            raw["study"]["sampler"] = "grid"
+        spec_path = _write_spec(directory, raw=raw)
+        command = [sys.executable, "-m", "distill_lab.cli", "study", "run", str(spec_path),
+                   "--storage", str(directory / "optuna.journal"),
+                   "--tracking-uri", f"sqlite:///{directory}/mlflow.db"]
+        launched[case] = (directory, subprocess.Popen(command, cwd=directory, env=_cli_env(), text=True,
+                                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for case, (directory, process) in launched.items():
+        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
+        field = BAD_SPACES[case][1]
+        assert process.returncode == 2, (case, stdout, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, (case, stderr)
+        assert lines[0].startswith("error: ") and field in lines[0], (case, lines[0])
+        assert "Traceback" not in stdout + stderr
+        assert sorted(os.listdir(directory)) == ["spec.yaml"], case  # no journal, no mlflow.db, no mlruns
+
+
+# --------------------------------------------------------------------------- 10. trial rerun
+def test_trial_rerun_reproduces_each_seeds_dev_f1_to_4_decimals(store):
+    ctx = _ctx(_spec({"study.n_trials": 2, "study.seeds": [3, 4]}), store)
+    assert _run(ctx)[0] == 0
+    study = _load(store)
+    recorded = study.trials[1].user_attrs["dev_f1_per_seed"]
+    assert sorted(recorded) == ["3", "4"]
+    result = _cli(["trial", "rerun", "unit_study", "1", "--storage", store.journal, "--tracking-uri", store.uri,
+                   "--json"], cwd=store.dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["trial"] == 1
+    assert report["params"]["distill.temperature"] == study.trials[1].params["distill.temperature"]
+    assert [row["seed"] for row in report["seeds"]] == [3, 4]
+    for row in report["seeds"]:
+        assert row["match_4dp"] is True
+        assert row["recorded_dev_f1"] == recorded[str(row["seed"])]
+        assert round(row["rerun_dev_f1"], 4) == round(row["recorded_dev_f1"], 4)
+    assert any(row["rerun_dev_f1"] > 0 for row in report["seeds"])
+
+
+# --------------------------------------------------------------------------- 11. kill -9 and resume
+def _wait_for_running_after_complete(process: subprocess.Popen, store: SimpleNamespace, deadline: float) -> int:
+    """Poll the journal until a trial is COMPLETE and another RUNNING with its MLflow run; its number."""
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "study run ended before it could be killed"
+        if Path(store.journal).exists():
+            try:
+                study = optuna.load_study(study_name="unit_study", storage=driver.open_storage(store.journal))
+            except KeyError:  # not created yet
+                study = None
+            if study is not None:
+                trials = study.get_trials(deepcopy=False)
+                running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+                if running and any(t.state == TrialState.COMPLETE for t in trials):
+                    return running[0].number
+        time.sleep(0.05)
+    raise AssertionError("no COMPLETE + RUNNING moment seen in time")
+
+
+def test_study_run_killed_with_sigkill_resumes_to_n_trials_with_no_run_left_running(store):
+    # Longer trials (24 steps) so the kill lands inside one.
+    spec_path = _write_spec(store.dir, {"study.n_trials": 6, "training.epochs": 6})
+    command = ["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", store.uri]
+    with open(store.dir / "first.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "distill_lab.cli", *command], cwd=store.dir,
+                                   env=_cli_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            number = _wait_for_running_after_complete(process, store, time.monotonic() + 120)
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    study = _load(store)
+    killed = study.trials[number]
+    assert killed.state == TrialState.RUNNING  # nobody told Optuna
+    client = _client(store)
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+
+    result = _cli(command, cwd=store.dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed: 1 trial(s) of dead workers marked FAIL" in result.stderr
+    study = _load(store)
+    states = _states(study)
+    assert states.count("COMPLETE") == 6 and states.count("FAIL") == 1 and len(states) == 7
+    killed = study.trials[number]
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs["fail_reason"] == f"worker {killed.user_attrs['worker']} died"
+    assert killed.user_attrs["worker"].endswith(f":{process.pid}")
+    run = client.get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna_state"] == "FAIL"
+    assert _runs(store, study, "attributes.status = 'RUNNING'") == []
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+    assert sum(run.data.tags.get("role") == "study" for run in _runs(store, study)) == 1
