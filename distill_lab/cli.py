@@ -309,7 +309,10 @@ def ui(tracking_uri: Optional[str] = TrackingOption,
 def main() -> None:
     """Console entry point: one clean line for user errors, exit code 2."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False returns (not raises) the code of typer.Exit(n): pass it on.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except DistillLabError as err:
         if _state["debug"]:
             traceback.print_exc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "dashboards" / "study.html"
 
 
 def _trial_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    trials = runs[(runs["tags.role"] == "trial") & (runs["status"] == "FINISHED")].copy()
+    trials = runs[(runs["tags.role"] == "trial") & (runs["status"] == "FINISHED")]
+    if "tags.optuna_state" in trials:  # pruned trials end FINISHED too; the report leaves them out
+        trials = trials[trials["tags.optuna_state"] == "COMPLETE"]
+    trials = trials.copy()
     if trials.empty:
         return trials
     trials["trial_number"] = pd.to_numeric(trials["tags.trial_number"], errors="coerce")
@@ -46,8 +50,14 @@ def temperature_plot(fit: Any, rows: pd.DataFrame) -> Any:
     if fit.t_star is not None and fit.t_star_ci is not None:
         low = max(fit.t_star_ci[0], min(fit.temperatures) / 2)
         high = min(fit.t_star_ci[1], max(fit.temperatures) * 2)
-        figure.add_vrect(x0=low, x1=high, fillcolor="green", opacity=0.12, line_width=0, annotation_text="T* 95% CI")
-        figure.add_vline(x=fit.t_star, line_dash="dash", line_color="green", annotation_text=f"T*={fit.t_star:.2f}")
+        figure.add_vrect(x0=low, x1=high, fillcolor="green", opacity=0.12, line_width=0)
+        figure.add_vline(x=fit.t_star, line_dash="dash", line_color="green")
+        # On a log axis plotly.js places annotations at log10(x) (shapes take data values): the
+        # annotation_text of add_vline/add_vrect would sit at x=10**T*, far off the plot.
+        figure.add_annotation(x=math.log10(low), y=1, xref="x", yref="paper", text="T* 95% CI", showarrow=False,
+                              xanchor="left", yanchor="top")
+        figure.add_annotation(x=math.log10(fit.t_star), y=0, xref="x", yref="paper", text=f"T*={fit.t_star:.2f}",
+                              showarrow=False, xanchor="left", yanchor="bottom", font=dict(color="green"))
     figure.update_layout(title=f"dev F1 vs temperature — {fit.verdict}", xaxis_type="log",
                          xaxis_title="temperature T (log)", yaxis_title="dev F1 (%)", height=420)
     return figure
@@ -56,18 +66,21 @@ def temperature_plot(fit: Any, rows: pd.DataFrame) -> Any:
 def parallel_plot(trials: pd.DataFrame) -> Any | None:
     import plotly.graph_objects as go
 
-    params = json.loads(trials["params.optuna.params"].dropna().iloc[0]) if "params.optuna.params" in trials \
-        and trials["params.optuna.params"].notna().any() else {}
+    # The searched values of each trial, as Optuna sampled them (a mapping is a dict: use its name).
+    sampled = [json.loads(text) if isinstance(text, str) else {}
+               for text in trials.get("params.optuna.params", pd.Series(index=trials.index, dtype=object))]
+    keys = list(dict.fromkeys(key for params in sampled for key in params))
     dimensions = []
-    for key in params:
-        column = f"params.{key}"
-        if column not in trials:
-            continue
-        values = pd.to_numeric(trials[column], errors="coerce")
+    for key in keys:
+        raw = [params.get(key) for params in sampled]
+        if any(isinstance(value, dict) for value in raw):
+            names = trials["tags.mapping"] if key == "distill.layer_mapping" and "tags.mapping" in trials else None
+            raw = list(names) if names is not None else [json.dumps(v, sort_keys=True) for v in raw]
+        values = pd.to_numeric(pd.Series(raw, index=trials.index), errors="coerce")
         if values.notna().all():
             dimensions.append(dict(label=key.split(".")[-1], values=values))
         else:
-            codes, labels = pd.factorize(trials[column].astype(str))
+            codes, labels = pd.factorize(pd.Series(raw, index=trials.index).astype(str))
             dimensions.append(dict(label=key.split(".")[-1], values=codes, tickvals=list(range(len(labels))),
                                    ticktext=[label[:18] for label in labels]))
     if not dimensions:
@@ -146,9 +159,13 @@ def _page(study: str, tracking_uri: str, divs: list[str], table_html: str, fits:
     summary = "".join(
         f"<p><b>{html.escape(name)}</b>: {html.escape(fit.verdict)} — {html.escape(fit.detail)}</p>" for name, fit in fits)
     plots = "\n".join(f'<section class="plot">{div}</section>' for div in divs)
-    return (template.replace("{{title}}", html.escape(f"distill-lab — {study}"))
-            .replace("{{source}}", html.escape(tracking_uri)).replace("{{summary}}", summary)
-            .replace("{{plots}}", plots).replace("{{table}}", table_html))
+    slots = {"title": html.escape(f"distill-lab — {study}"), "source": html.escape(tracking_uri),
+             "summary": summary, "plots": plots, "table": table_html}
+    # The template's comments name the slots: filled in, they held a second copy of every plot and
+    # of plotly.js (twice the page size). Drop comments, then fill each slot in one pass, so a
+    # filled-in value (the inlined plotly.js, a study name) is never scanned for slots again.
+    template = re.sub(r"<!--.*?-->\n?", "", template, flags=re.S)
+    return re.sub(r"\{\{(title|source|summary|plots|table)\}\}", lambda match: slots[match.group(1)], template)
 
 
 def _save_temperature_png(fit: Any, path: Path) -> Path:

@@ -13,11 +13,12 @@ import torch
 from distill_lab import models
 from distill_lab.data.align import EncodedSplit, encode_sentences
 from distill_lab.data.corpus import NerCorpus
-from distill_lab.data.loader import load_corpus
+from distill_lab.data.loader import load_corpus, training_sentences
 from distill_lab.distill.engine import Objective, OnEval, TrainRecipe, TrainResult, resolve_device, train
 from distill_lab.distill.mapping import LayerMapping, build_mapping, describe, teacher_layers_needed
 from distill_lab.distill.projection import build_projections
-from distill_lab.distill.teacher_cache import compute_teacher_targets
+from distill_lab.distill.teacher_cache import live_teacher_targets, teacher_targets
+from distill_lab.paths import home_dir
 from distill_lab.errors import ModelError, SpecError
 from distill_lab.evaluation import Scores, diagnose, entity_types, evaluate
 from distill_lab.spec import RunConfig
@@ -240,11 +241,14 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
 
     label2id = _label2id(labels)
     max_length = config.data.max_length
-    train_split = encode_sentences(corpus.train, tokenizer, label2id, max_length)
+    # Gold sentences, then augmented copies (gold tags follow the swap), then unlabeled transfer
+    # text whose labels are IGNORE_INDEX: the hard loss never sees it, soft/hidden losses do.
+    train_sentences = training_sentences(corpus, config.data)
+    train_split = encode_sentences(train_sentences, tokenizer, label2id, max_length)
     dev_split = encode_sentences(corpus.dev, tokenizer, label2id, max_length)
     test_split = encode_sentences(corpus.test, tokenizer, label2id, max_length)
     teacher_train: EncodedSplit = train_split if same_tokenizer else encode_sentences(
-        corpus.train, teacher.tokenizer, label2id, max_length)
+        train_sentences, teacher.tokenizer, label2id, max_length)
 
     needs_teacher = distill.alpha_soft > 0 or distill.alpha_hidden > 0 or distill.alpha_attention > 0
     targets = None
@@ -254,12 +258,20 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
             attention_mapping = tuple((max(group), student_layer) for group, student_layer in mapping)
             _use_eager_attention(teacher.model)
             _use_eager_attention(student)
-        targets = compute_teacher_targets(
-            teacher.model, teacher_train,
-            layers=teacher_layers_needed(mapping) if distill.alpha_hidden > 0 else (),
-            word_level_hidden=not same_tokenizer,
-            attention_layers=tuple(t for t, _ in attention_mapping),
-            batch_size=config.training.eval_batch_size, device=device)
+        cache = config.training.teacher_cache
+        hidden_layers = teacher_layers_needed(mapping) if distill.alpha_hidden > 0 else ()
+        attention_layers = tuple(t for t, _ in attention_mapping)
+        if cache == "off":
+            targets = live_teacher_targets(teacher.model, teacher_train, layers=hidden_layers,
+                                           word_level_hidden=not same_tokenizer, attention_layers=attention_layers,
+                                           device=device)
+        else:
+            targets = teacher_targets(
+                teacher.model, teacher_train, teacher_fingerprint=teacher.fingerprint, layers=hidden_layers,
+                word_level_hidden=not same_tokenizer, attention_layers=attention_layers,
+                batch_size=config.training.eval_batch_size, device=device,
+                cache_dir=home_dir() / "teacher_outputs" if cache == "disk" else None,
+                max_bytes=int(config.training.teacher_cache_max_gb * 1e9))
     projections = None
     if distill.alpha_hidden > 0:
         projection = distill.projection
@@ -277,13 +289,15 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         epochs=training.epochs, learning_rate=training.learning_rate, batch_size=training.batch_size,
         weight_decay=training.weight_decay, warmup_ratio=training.warmup_ratio,
         max_grad_norm=training.max_grad_norm, seed=training.seed, eval_every=training.eval_every,
-        eval_batch_size=training.eval_batch_size)
+        eval_batch_size=training.eval_batch_size, max_steps=training.max_steps, lr_schedule=training.lr_schedule)
     result = train(student, train_split, dev_split, labels, recipe, objective, device=device, on_eval=on_eval,
                    progress=report("distill"))
 
     dev_scores, dev_predictions = evaluate(student, dev_split, labels, batch_size=recipe.eval_batch_size, device=device)
     test_scores, _ = evaluate(student, test_split, labels, batch_size=recipe.eval_batch_size, device=device)
-    sample = _train_sample(train_split, config.data.train_sample_size, training.seed)
+    gold_split = EncodedSplit(train_split.sentences[:len(corpus.train)], train_split.encoded[:len(corpus.train)],
+                              train_split.pad_id)
+    sample = _train_sample(gold_split, config.data.train_sample_size, training.seed)
     sample_scores, _ = evaluate(student, sample, labels, batch_size=recipe.eval_batch_size, device=device)
     gold_types = entity_types([s.tags or () for s in corpus.dev])
     diagnosis, advice = diagnose(dev_scores, sample_scores.f1, gold_types, entity_types(dev_predictions),

@@ -53,6 +53,14 @@ class TransferSpec(_Model):
         return self
 
 
+class AugmentSpec(_Model):
+    """Entity-mention swap (same-type mentions from the training data), optional O-token noise."""
+
+    copies: int = Field(1, ge=0)
+    o_noise: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+
+
 class DataSpec(_Model):
     source: Literal["synthetic", "conll", "hub"] = "synthetic"
     path: str | None = None  # conll: a directory with train/dev/test files
@@ -67,6 +75,7 @@ class DataSpec(_Model):
     train_sample_size: int = Field(500, ge=1)  # train sentences scored for the overfitting signal
     trust_remote_code: bool = False
     transfer: TransferSpec | None = None
+    augment: AugmentSpec | None = None
 
     @model_validator(mode="after")
     def _source_fields(self) -> "DataSpec":
@@ -84,6 +93,7 @@ class FinetuneSpec(_Model):
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
+    lr_schedule: Literal["linear", "constant"] = "constant"
     seed: int = 13
 
 
@@ -151,10 +161,16 @@ class TrainingSpec(_Model):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    lr_schedule: Literal["linear", "constant"] = "constant"
     seed: int = 13
     eval_every: int = Field(50, ge=1)  # optimizer steps between dev evaluations
+    max_steps: int | None = Field(None, ge=1)  # a fixed optimizer-step budget (overrides epochs)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)
+    # Teacher outputs: computed once and kept on disk (shared by local workers), in memory only,
+    # or "off" = the teacher runs at every step (what most toolkits do).
+    teacher_cache: Literal["disk", "memory", "off"] = "disk"
+    teacher_cache_max_gb: float = Field(8.0, gt=0)
 
 
 class LayerMappingSpec(_Model):

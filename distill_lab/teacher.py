@@ -63,6 +63,19 @@ def teacher_fingerprint(config: RunConfig, corpus: NerCorpus, ref: models.ModelR
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def checkpoint_fingerprint(directory: str | Path) -> str:
+    """Identity of an already fine-tuned checkpoint: its resolved path and each file's size and mtime.
+
+    A constant here would let two different checkpoints share cached teacher outputs and tracking
+    runs, which are keyed by the teacher's fingerprint.
+    """
+    root = Path(directory).resolve()
+    files = sorted((path.relative_to(root).as_posix(), path.stat().st_size, path.stat().st_mtime_ns)
+                   for path in root.rglob("*") if path.is_file())
+    payload = json.dumps({"version": CACHE_VERSION, "path": str(root), "files": files}, sort_keys=True)
+    return "checkpoint-" + hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
 def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.device,
                     progress: Progress | None = None) -> Teacher:
     """Load a fine-tuned teacher from its checkpoint or the cache; fine-tune it on a miss."""
@@ -77,7 +90,8 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
         test = encode_sentences(corpus.test, tokenizer, _label2id(labels), config.data.max_length)
         dev_scores, _ = evaluate(model.to(device), dev, labels, device=device)
         test_scores, _ = evaluate(model, test, labels, device=device)
-        return Teacher(model, tokenizer, ref, dev_scores.f1, test_scores.f1, "checkpoint", spec.checkpoint, True)
+        return Teacher(model, tokenizer, ref, dev_scores.f1, test_scores.f1, checkpoint_fingerprint(spec.checkpoint),
+                       spec.checkpoint, True)
 
     key = teacher_fingerprint(config, corpus, ref)
     directory = home_dir() / "teachers" / key
@@ -100,6 +114,7 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
     recipe = TrainRecipe(
         epochs=recipe_spec.epochs, learning_rate=recipe_spec.learning_rate, batch_size=recipe_spec.batch_size,
         weight_decay=recipe_spec.weight_decay, warmup_ratio=recipe_spec.warmup_ratio, seed=recipe_spec.seed,
+        lr_schedule=recipe_spec.lr_schedule,
         eval_every=10**9, eval_batch_size=config.training.eval_batch_size,
     )
     result = train(model, train_split, dev_split, labels, recipe, Objective(), device=device, progress=progress)

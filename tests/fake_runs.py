@@ -22,6 +22,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -49,7 +50,9 @@ class FakeStudy:
     trial_run_ids: list[str]
     teacher_dev_f1: float
     teacher_test_f1: float
-    values: pd.DataFrame  # run_id, trial_number, temperature, mapping, init, init_name, setting, seed, dev_f1, test_f1
+    # One row per (trial run, seed): run_id, trial_number, temperature, mapping, init, init_name, setting,
+    # seed, dev_f1 (the best), test_f1, last_dev_f1 (the last eval of the dev F1 curve).
+    values: pd.DataFrame
     search_space: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +101,66 @@ def _history(best: float, steps: int, drop: float, rng: np.random.Generator) -> 
     return points
 
 
+def _log_batch(client: Any, run_id: str, metrics: list[Any], params: list[Any]) -> None:
+    """As few log_batch calls as MLflow's limits allow (100 params, 1000 entities per call)."""
+    while metrics or params:
+        batch_params, params = params[:100], params[100:]
+        room = 1000 - len(batch_params)
+        batch_metrics, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
+
+
+def _template() -> Path:
+    """An empty, fully migrated MLflow sqlite database, built once per MLflow/SQLAlchemy version.
+
+    MLflow needs several seconds of migrations to create a store, so the template is kept in the
+    system temp directory and reused by later sessions; a damaged copy is rebuilt.
+    """
+    import contextlib
+    import os
+    import sqlite3
+    import tempfile
+    from importlib.metadata import version  # importing mlflow just for its version takes seconds
+
+    name = f"distill-lab-test-mlflow-{version('mlflow')}-sqlalchemy-{version('sqlalchemy')}.db"
+    path = Path(tempfile.gettempdir()) / name
+    if path.is_file():
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+                if connection.execute("SELECT version_num FROM alembic_version").fetchone():
+                    return path
+        except sqlite3.Error:
+            pass
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="distill-lab-mlflow-template-"))
+    try:
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # creates and migrates the schema
+        os.replace(folder / "mlflow.db", path)  # atomic: concurrent sessions never see half a database
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return path
+
+
+def new_store(directory: Path | str) -> str:
+    """`sqlite:///{directory}/mlflow.db`: an empty MLflow store, created in milliseconds (see _template)."""
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_template(), directory / "mlflow.db")
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts next to a sqlite store (MLflow's default is ./mlruns in the current directory)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return str(Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts")
+    return None
+
+
 def log_fake_study(
     tracking_uri: str,
     name: str,
@@ -126,7 +189,7 @@ def log_fake_study(
     `last_dev_drop` > 0 makes every dev F1 history end that much below its best; `ui_dev_f1=False`
     leaves out the final `dev_f1 = mean best` point, so the run's latest dev_f1 is the last eval.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = client or MlflowClient(tracking_uri)
@@ -144,7 +207,8 @@ def log_fake_study(
         if inits:
             search_space["student.init.strategy"] = {"type": "grid", "values": init_list}
 
-    experiment_id = client.create_experiment(name)
+    root = artifact_root(tracking_uri)
+    experiment_id = client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
     now = int(time.time() * 1000)
     parent = client.create_run(experiment_id, run_name=f"study {name}", tags={
         "role": "study", "study": name, "optuna_storage": "sqlite:///optuna.db", "mlflow.note.content": ""})
@@ -227,11 +291,7 @@ def log_fake_study(
                 metrics.extend(Metric(k, float(v), now + last, last) for k, v in final.items())
                 if ui_dev_f1:
                     metrics.append(Metric("dev_f1", mean, now + last + 1, last + 1))
-                for start in range(0, len(param_items), 100):
-                    client.log_batch(run_id, params=param_items[start:start + 100])
-                for start in range(0, len(metrics), 1000):
-                    client.log_batch(run_id, metrics=metrics[start:start + 1000])
-                client.log_batch(run_id, tags=[RunTag("optuna_state", "COMPLETE")])
+                _log_batch(client, run_id, metrics, param_items)
                 client.set_terminated(run_id, "FINISHED")
                 run_ids.append(run_id)
                 number += 1

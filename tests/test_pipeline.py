@@ -108,7 +108,8 @@ def test_soft_loss_across_tokenizers_is_computed_at_word_positions(monkeypatch):
     assert [len(e.word_positions) for e in teacher_split.encoded] == [6, 9, 7]
     assert [len(e.word_positions) for e in student_split.encoded] == [4, 3, 6]
     targets = compute_teacher_targets(teacher, teacher_split, batch_size=2)
-    assert [tuple(t.shape) for t in targets.word_logits] == [(6, 7), (9, 7), (7, 7)]
+    full = targets.batch([0, 1, 2], 9, 11)  # one row of teacher logits per word the teacher kept
+    assert full["logits"].shape == (3, 9, 7) and full["mask"].sum(1).tolist() == [6, 9, 7]
     masks = []
     original = losses.soft_loss
 
@@ -156,8 +157,10 @@ def test_hidden_loss_across_tokenizers_pools_words_and_projects_width():
     mapping = build_mapping("uniform", 4, 2)
     assert mapping == (((0,), 0), ((3,), 1))
     targets = compute_teacher_targets(teacher, teacher_split, layers=(0, 3), word_level_hidden=True)
-    assert [tuple(h.shape) for h in targets.hidden[3]] == [(6, 32), (9, 32), (7, 32)]  # words, not tokens
-    assert targets.hidden[3][0].dtype == torch.float16
+    full = targets.batch([0, 1, 2], 9, 11)
+    assert full["hidden"][3].shape == (3, 9, 32)  # words, not tokens
+    assert full["hidden"][3].dtype == torch.float16
+    assert full["hidden"][3][0, 6:].abs().sum() == 0 and full["hidden"][3][0, :6].abs().sum() > 0
     torch.manual_seed(5)
     projections = build_projections(mapping, 16, 32, "linear", "student_to_teacher")
     objective = Objective(alpha_hard=0.0, alpha_hidden=1.0, teacher=targets, layer_mapping=mapping,
@@ -495,3 +498,28 @@ def test_teacher_fingerprint_of_tiny_model_follows_its_tokenizer(tmp_path):
     # ... but the student side is not part of the teacher
     assert teacher_fingerprint(_config("training.seed=9", "distill.temperature=5"), corpus, ref) == \
         teacher_fingerprint(config, corpus, ref)
+
+
+def test_checkpoint_teachers_do_not_share_cached_outputs(tmp_path):
+    from distill_lab.distill.teacher_cache import clear_memory
+
+    directories = []
+    for seed in (0, 1):  # two different "fine-tuned" checkpoints with the data's labels
+        torch.manual_seed(seed)
+        model = models.token_classifier_from_backbone(models.resolve_reference("tiny-bert"), SYNTHETIC_LABELS)
+        directories.append(tmp_path / f"ckpt{seed}")
+        model.save_pretrained(directories[-1])
+
+    def run(directory):
+        return run_distillation(_config(f"teacher={{model: tiny-bert, checkpoint: {directory}}}"))
+
+    clear_memory()
+    alone = run(directories[1])
+    clear_memory()
+    first = run(directories[0])
+    after = run(directories[1])  # must not get the first checkpoint's cached logits
+    assert first.teacher.fingerprint != after.teacher.fingerprint
+    assert after.teacher.fingerprint == alone.teacher.fingerprint
+    assert after.teacher.fingerprint.startswith("checkpoint-") and after.teacher.reused is True
+    assert [h["loss_soft"] for h in after.train_result.history] == [h["loss_soft"] for h in alone.train_result.history]
+    assert [h["loss_soft"] for h in first.train_result.history] != [h["loss_soft"] for h in alone.train_result.history]

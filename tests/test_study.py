@@ -27,7 +27,7 @@ import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 
-from distill_lab import pipeline
+from distill_lab import naming, pipeline
 from distill_lab import study as driver
 from distill_lab.errors import SpecError
 from distill_lab.spec import parse_spec, set_dotted
@@ -55,7 +55,7 @@ FINAL_METRICS = ("best_dev_f1", "test_f1", "train_sample_f1", "teacher_dev_f1", 
 TRIAL_TAGS = ("study", "trial_number", "teacher", "student", "init", "setting", "optuna_state")
 ARTIFACTS = {"config.yaml", "classification_report.txt", "per_type_f1.json", "confusion_matrix.png",
              "sample_predictions.tsv"}
-CLI_TIMEOUT = 180
+CLI_TIMEOUT = 300  # generous: a loaded 2-core machine; a healthy run takes a fraction
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
@@ -186,8 +186,9 @@ def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(stor
         assert tags["optuna_trial_id"] == str(trial._trial_id)
         assert set(TRIAL_TAGS) <= set(tags)
         assert tags["study"] == "unit_study" and tags["optuna_state"] == "COMPLETE"
-        assert tags["teacher"] == "tiny-bert (4 layers)" and tags["student"] == "2 layers, init=teacher"
-        assert tags["init"] == "fine-tuned teacher weights"
+        assert tags["teacher"] == teacher.data.tags["teacher"] and tags["teacher"].endswith("(4 layers)")
+        assert tags["student"] == naming.student_name(2, "teacher")
+        assert tags["init"] == naming.INIT_NAMES["teacher"]
         temperature = trial.params["distill.temperature"]
         assert tags["setting"].startswith(f"T={temperature:.3g} a=0.5/0.5/0")
         # Params: the flattened, dotted run config with the sampled value filled in.
@@ -200,8 +201,15 @@ def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(stor
         assert [m.step for m in history] == [2, 4, 6, 8, 9]  # eval_every=2 over 8 steps, then the best
         assert history[-1].value == pytest.approx(trial.value)
         assert max(m.value for m in history[:-1]) == pytest.approx(trial.value)
-        for key in STEP_METRICS[1:]:
-            assert len(client.get_metric_history(run.info.run_id, key)) == 4, key
+        curves = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                                   key=lambda m: m.step)] for key in STEP_METRICS[1:]}
+        assert {key: len(values) for key, values in curves.items()} == dict.fromkeys(STEP_METRICS[1:], 4)
+        # 8 steps, warmup int(0.1 * 8) = 0, then linear decay of 1e-2 to 0 at the last step.
+        assert curves["learning_rate"] == pytest.approx([7.5e-3, 5e-3, 2.5e-3, 0.0])
+        # total = alpha_hard * hard + alpha_soft * soft (no hidden/attention loss here).
+        expected_total = [0.5 * h + 0.5 * s for h, s in zip(curves["loss_hard"], curves["loss_soft"])]
+        assert curves["loss_total"] == pytest.approx(expected_total, rel=1e-5)
+        assert all(value > 0 for value in curves["loss_hard"] + curves["loss_soft"])
         assert set(FINAL_METRICS) <= set(metrics)
         assert metrics["best_dev_f1"] == pytest.approx(trial.value)
         assert trial.user_attrs["dev_f1_per_seed"] == {"13": pytest.approx(trial.value)}
@@ -258,20 +266,20 @@ def test_create_or_load_refuses_a_changed_spec_under_the_same_name(store):
 
 
 # --------------------------------------------------------------------------- 6. NaN -> FAIL
-def test_trial_with_nan_loss_fails_and_the_study_completes_the_others(store):
+def test_run_study_fails_a_nan_trial_and_completes_the_others(store):
     spec = _spec({"study.search_space": {"training.learning_rate": {"type": "categorical",
                                                                     "choices": [1.0e-2, 1.0e30]}}})
     ctx = _ctx(spec, store)
     study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
-    study.enqueue_trial({"training.learning_rate": 1.0e30})  # trial 0 diverges for sure
+    for learning_rate in (1.0e30, 1.0e-2, 1.0e-2, 1.0e-2):  # trial 0 diverges, the others do not
+        study.enqueue_trial({"training.learning_rate": learning_rate})
     code, output = _run(ctx)
     assert code == 0, output
     study = _load(store)
     trials = study.get_trials()
+    assert _states(study) == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert trials[0].state == TrialState.FAIL
-    assert len(complete) == 3
     assert {t.params["training.learning_rate"] for t in failed} == {1.0e30}
     assert {t.params["training.learning_rate"] for t in complete} == {1.0e-2}
     client = _client(store)
@@ -289,7 +297,7 @@ def test_trial_with_nan_loss_fails_and_the_study_completes_the_others(store):
 
 
 # --------------------------------------------------------------------------- 7. interrupt -> KILLED
-def test_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumable(store, monkeypatch):
+def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumable(store, monkeypatch):
     ctx = _ctx(_spec(), store)
     storage = driver.open_storage(ctx.storage_url)
     study = driver.create_or_load(ctx, storage)
@@ -326,8 +334,42 @@ def test_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumable(st
     assert statuses == ["FINISHED", "KILLED", "FINISHED", "FINISHED"]
 
 
+def test_end_orphan_runs_ends_only_runs_whose_trial_is_not_running(store):
+    ctx = _ctx(_spec(), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    tracker = Tracker(ctx.tracking_uri)
+    experiment_id, parent = driver.ensure_tracking(ctx, study, tracker)
+    dead, live = study.ask(), study.ask()
+    study.tell(dead, state=TrialState.FAIL)
+
+    def trial_run(trial) -> str:
+        return tracker.create_run(experiment_id, f"t{trial.number}", parent_run_id=parent, tags={
+            "role": "trial", "study": "unit_study", "optuna_trial_id": trial._trial_id})
+
+    orphan, fresh = trial_run(dead), trial_run(live)  # `live` has not recorded its run id yet
+    assert driver.end_orphan_runs(study, tracker, experiment_id) == 1
+    assert tracker.client.get_run(orphan).info.status == "FAILED"
+    assert tracker.client.get_run(fresh).info.status == "RUNNING"
+    assert tracker.client.get_run(parent).info.status == "RUNNING"  # only trial runs are swept
+
+
+def test_run_study_ends_the_parent_run_failed_when_the_coordinator_fails(store, monkeypatch):
+    from distill_lab.errors import TrialError
+
+    def broken_teacher(*args, **kwargs):
+        raise TrialError("teacher fine-tune: loss became nan at step 3")
+
+    monkeypatch.setattr(driver, "prepare_shared_teacher", broken_teacher)
+    with pytest.raises(TrialError):
+        _run(_ctx(_spec(), store))
+    study = _load(store)
+    parent = _client(store).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FAILED"
+    assert study.trials == []
+
+
 # --------------------------------------------------------------------------- 8. grid with 2 workers
-def test_grid_study_with_two_workers_runs_every_point_exactly_once(store):
+def test_study_run_grid_with_two_workers_runs_every_point_exactly_once(store):
     spec_path = _write_spec(store.dir, {
         "name": "grid_study",
         "study.sampler": "grid", "study.seeds": [1, 2],
@@ -370,42 +412,61 @@ BAD_SPACES = {
 }
 
 
-def test_study_run_with_a_bad_search_space_exits_2_with_one_line_and_writes_nothing(tmp_path):
-    launched = {}
-    for case, (space, _) in BAD_SPACES.items():
-        directory = tmp_path / case.replace(" ", "_")
-        directory.mkdir()
-        raw = _raw({"study.search_space": space})
-        if case == "grid with a non-list":
-            raw["study"]["sampler"] = "grid"
-        spec_path = _write_spec(directory, raw=raw)
-        command = [sys.executable, "-m", "distill_lab.cli", "study", "run", str(spec_path),
-                   "--storage", str(directory / "optuna.journal"),
-                   "--tracking-uri", f"sqlite:///{directory}/mlflow.db"]
-        launched[case] = (directory, subprocess.Popen(command, cwd=directory, env=_cli_env(), text=True,
-                                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    for case, (directory, process) in launched.items():
-        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
-        field = BAD_SPACES[case][1]
-        assert process.returncode == 2, (case, stdout, stderr)
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1, (case, stderr)
-        assert lines[0].startswith("error: ") and field in lines[0], (case, lines[0])
-        assert "Traceback" not in stdout + stderr
-        assert sorted(os.listdir(directory)) == ["spec.yaml"], case  # no journal, no mlflow.db, no mlruns
+def _bad_spec_dir(tmp_path: Path, case: str) -> tuple[Path, list[str]]:
+    directory = tmp_path / case.replace(" ", "_")
+    directory.mkdir()
+    raw = _raw({"study.search_space": BAD_SPACES[case][0]})
+    if case == "grid with a non-list":
+        raw["study"]["sampler"] = "grid"
+    spec_path = _write_spec(directory, raw=raw)
+    return directory, ["study", "run", str(spec_path), "--storage", str(directory / "optuna.journal"),
+                       "--tracking-uri", f"sqlite:///{directory}/mlflow.db"]
+
+
+def _assert_one_error_line(case: str, code: int, stdout: str, stderr: str, directory: Path) -> None:
+    assert code == 2, (case, stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, (case, stderr)
+    assert lines[0].startswith("error: ") and BAD_SPACES[case][1] in lines[0], (case, lines[0])
+    assert "Traceback" not in stdout + stderr
+    assert sorted(os.listdir(directory)) == ["spec.yaml"], case  # no journal, no mlflow.db, no mlruns
+
+
+def test_study_run_with_a_bad_search_space_exits_2_with_one_line_and_writes_nothing(tmp_path, capfd, monkeypatch):
+    from distill_lab import cli
+
+    for case in BAD_SPACES:
+        directory, args = _bad_spec_dir(tmp_path, case)
+        monkeypatch.chdir(directory)
+        monkeypatch.setattr(sys, "argv", ["distill-lab", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        captured = capfd.readouterr()
+        _assert_one_error_line(case, exit_info.value.code, captured.out, captured.err, directory)
+
+
+def test_study_run_with_a_bad_search_space_in_a_fresh_process_prints_only_the_error(tmp_path):
+    # A fresh interpreter also shows import-time warnings and logging set-up: still one line.
+    directory, args = _bad_spec_dir(tmp_path, "unknown dotted path")
+    result = _cli(args, cwd=directory)
+    _assert_one_error_line("unknown dotted path", result.returncode, result.stdout, result.stderr, directory)
 
 
 # --------------------------------------------------------------------------- 10. trial rerun
-def test_trial_rerun_reproduces_each_seeds_dev_f1_to_4_decimals(store):
+def test_trial_rerun_reproduces_each_seeds_dev_f1_to_4_decimals(store, capsys):
+    from distill_lab import cli
+
     ctx = _ctx(_spec({"study.n_trials": 2, "study.seeds": [3, 4]}), store)
     assert _run(ctx)[0] == 0
     study = _load(store)
     recorded = study.trials[1].user_attrs["dev_f1_per_seed"]
     assert sorted(recorded) == ["3", "4"]
-    result = _cli(["trial", "rerun", "unit_study", "1", "--storage", store.journal, "--tracking-uri", store.uri,
-                   "--json"], cwd=store.dir)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout)
+    capsys.readouterr()
+    # The CLI's own command, in-process: app() returns the command's exit code.
+    code = cli.app(["trial", "rerun", "unit_study", "1", "--storage", store.journal, "--tracking-uri", store.uri,
+                    "--json"], standalone_mode=False)
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["trial"] == 1
     assert report["params"]["distill.temperature"] == study.trials[1].params["distill.temperature"]
     assert [row["seed"] for row in report["seeds"]] == [3, 4]
@@ -436,8 +497,8 @@ def _wait_for_running_after_complete(process: subprocess.Popen, store: SimpleNam
 
 
 def test_study_run_killed_with_sigkill_resumes_to_n_trials_with_no_run_left_running(store):
-    # Longer trials (24 steps) so the kill lands inside one.
-    spec_path = _write_spec(store.dir, {"study.n_trials": 6, "training.epochs": 6})
+    # Longer trials (16 steps) so the kill lands inside one.
+    spec_path = _write_spec(store.dir, {"study.n_trials": 6, "training.epochs": 4})
     command = ["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", store.uri]
     with open(store.dir / "first.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "distill_lab.cli", *command], cwd=store.dir,
@@ -457,7 +518,7 @@ def test_study_run_killed_with_sigkill_resumes_to_n_trials_with_no_run_left_runn
     client = _client(store)
     assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
 
-    result = _cli(command, cwd=store.dir)
+    result = _cli(command, cwd=store.dir)  # the same command again
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resumed: 1 trial(s) of dead workers marked FAIL" in result.stderr
     study = _load(store)

@@ -44,6 +44,8 @@ class NerCorpus:
     dev: tuple[Sentence, ...]
     test: tuple[Sentence, ...]
     labels: tuple[str, ...]
+    # Unlabeled text used only for the teacher (soft) and intermediate losses.
+    transfer: tuple[Sentence, ...] = ()
 
     @classmethod
     def from_splits(cls, splits: Mapping[str, Iterable[Sentence]]) -> NerCorpus:

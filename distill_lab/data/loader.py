@@ -32,4 +32,35 @@ def load_corpus(spec: DataSpec) -> NerCorpus:
             raise DataError(f"{where}: the {split} split has no sentences")
         limit = limits.get(split)
         limited[split] = list(sentences[:limit] if limit else sentences)
-    return NerCorpus.from_splits(limited)
+    corpus = NerCorpus.from_splits(limited)
+    transfer = spec.transfer
+    if transfer is None:
+        return corpus
+    if transfer.from_train_remainder:
+        # "Little gold data, much raw text": the rest of the train split, its labels dropped.
+        remainder = splits["train"][len(limited["train"]):]
+        if not remainder:
+            raise DataError("data.transfer.from_train_remainder: the train split has no sentences beyond "
+                            "max_train_sentences (lower max_train_sentences)")
+        text = [Sentence(s.tokens, None) for s in remainder]
+    else:
+        from distill_lab.data.augment import read_unlabeled
+
+        text = read_unlabeled(Path(transfer.path or ""))
+    if transfer.max_sentences:
+        text = text[: transfer.max_sentences]
+    return NerCorpus(corpus.train, corpus.dev, corpus.test, corpus.labels, tuple(text))
+
+
+def training_sentences(corpus: NerCorpus, spec: DataSpec) -> list[Sentence]:
+    """Gold train sentences + augmented copies + the transfer text mixed in at `transfer.ratio`."""
+    sentences = list(corpus.train)
+    if spec.augment is not None and spec.augment.copies:
+        from distill_lab.data.augment import augment
+
+        sentences += augment(corpus.train, copies=spec.augment.copies, seed=spec.augment.seed,
+                             o_noise=spec.augment.o_noise)
+    if corpus.transfer and spec.transfer is not None:
+        wanted = min(len(corpus.transfer), max(1, round(spec.transfer.ratio * len(corpus.train))))
+        sentences += list(corpus.transfer[:wanted])
+    return sentences

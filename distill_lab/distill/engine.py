@@ -38,6 +38,8 @@ class TrainRecipe:
     seed: int = 13
     eval_every: int = 50
     eval_batch_size: int = 64
+    max_steps: int | None = None
+    lr_schedule: str = "constant"  # linear: warmup then linear decay to 0; constant: warmup then flat
 
 
 @dataclass
@@ -178,12 +180,14 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
         lr=recipe.learning_rate,
     )
     batches_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
-    total_steps = max(1, math.ceil(recipe.epochs * batches_per_epoch))
+    total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * batches_per_epoch))
     warmup_steps = int(recipe.warmup_ratio * total_steps)
 
-    def lr_factor(step: int) -> float:  # linear warmup, then linear decay to 0
+    def lr_factor(step: int) -> float:  # linear warmup, then linear decay to 0 (or flat)
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
+        if recipe.lr_schedule == "constant":
+            return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)

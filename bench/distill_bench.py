@@ -1,0 +1,229 @@
+"""Benchmarks of the distillation hot path (commands, not tests). Each prints its ratios last.
+
+    .venv/bin/python bench/distill_bench.py step     [--sentences 2000] [--steps 40]
+    .venv/bin/python bench/distill_bench.py tracking [--sentences 600]
+    .venv/bin/python bench/distill_bench.py memory
+    .venv/bin/python bench/distill_bench.py sweep    [--sentences 2000] [--epochs 1]
+
+Data: CoNLL-2003 from $DISTILL_LAB_DATA_DIR/conll2003 when set, else the synthetic corpus.
+Teacher: the packaged MiniLM-L6 (fine-tuned once, cached). `step` compares, on the SAME batches:
+student-only fine-tuning, distillation with the teacher-output cache warm (soft loss + hidden loss
+on 4 mapped layers, 6 -> 4), and distillation with the teacher run at every step (cache off, as
+TextBrewer does when intermediate layers are matched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _spec(sentences: int, epochs: float, layers: int = 4) -> dict:
+    data_dir = os.environ.get("DISTILL_LAB_DATA_DIR")
+    if data_dir:
+        data = {"source": "conll", "path": f"{data_dir}/conll2003", "max_train_sentences": sentences,
+                "max_eval_sentences": 1000, "max_test_sentences": 1000, "max_length": 128}
+    else:
+        data = {"source": "synthetic", "synthetic": {"n_train": sentences, "n_dev": 200, "n_test": 200},
+                "max_length": 64}
+    return {
+        "name": "bench", "data": data,
+        "teacher": {"model": "minilm-l6", "finetune": {"epochs": 2, "learning_rate": 1e-4, "batch_size": 32}},
+        "student": {"from_teacher": {"num_layers": layers}, "init": {"strategy": "teacher"}},
+        "training": {"epochs": epochs, "learning_rate": 1e-4, "batch_size": 32, "eval_every": 10**6, "seed": 1},
+        "distill": {"temperature": 4.0, "alpha_hard": 0.5, "alpha_soft": 0.5, "alpha_hidden": 1.0,
+                    "layer_mapping": {"strategy": "uniform"}},
+    }
+
+
+def _setup(sentences: int, layers: int = 4):
+    import torch
+
+    from distill_lab import models
+    from distill_lab.data.align import encode_sentences
+    from distill_lab.data.loader import load_corpus
+    from distill_lab.distill.mapping import build_mapping, teacher_layers_needed
+    from distill_lab.pipeline import build_student
+    from distill_lab.spec import parse_spec, resolve
+    from distill_lab.teacher import prepare_teacher
+
+    config = resolve(parse_spec(_spec(sentences, 1.0, layers)))
+    corpus = load_corpus(config.data)
+    teacher = prepare_teacher(config, corpus, device=torch.device("cpu"))
+    label2id = {label: i for i, label in enumerate(corpus.labels)}
+    split = encode_sentences(corpus.train, teacher.tokenizer, label2id, config.data.max_length)
+    mapping = build_mapping("uniform", models.num_layers(teacher.model), layers)
+    return config, corpus, teacher, split, mapping, teacher_layers_needed(mapping), build_student
+
+
+def _time_steps(model, objective, split, batches, recipe_lr: float = 1e-4) -> list[float]:
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters()] + (
+        list(objective.projections.parameters()) if objective.projections is not None else []), lr=recipe_lr)
+    model.train()
+    times = []
+    for indices in batches:
+        batch = split.batch(indices)
+        started = time.perf_counter()
+        parts = objective.losses(model, batch, torch.device("cpu"))
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bench_step(args: argparse.Namespace) -> None:
+    import torch
+
+    from distill_lab.data.align import bucketed_batches
+    from distill_lab.distill.engine import Objective
+    from distill_lab.distill.teacher_cache import live_teacher_targets, teacher_targets
+    from distill_lab.paths import home_dir
+
+    config, corpus, teacher, split, mapping, layers, build_student = _setup(args.sentences)
+    batches = bucketed_batches(split.lengths, 32, seed=1, epoch=0)[: args.steps + 3]
+    started = time.perf_counter()
+    cached = teacher_targets(teacher.model, split, teacher_fingerprint=teacher.fingerprint, layers=layers,
+                             cache_dir=home_dir() / "teacher_outputs")
+    warm_seconds = time.perf_counter() - started
+    live = live_teacher_targets(teacher.model, split, layers=layers)
+    results = {}
+    for name, objective in (
+        ("student-only", Objective(alpha_hard=1.0)),
+        ("distill, cache warm", Objective(0.5, 0.5, 1.0, 0.0, 4.0, "mse", cached, mapping)),
+        ("distill, teacher live", Objective(0.5, 0.5, 1.0, 0.0, 4.0, "mse", live, mapping)),
+    ):
+        torch.manual_seed(1)
+        student, _, _ = build_student(config, teacher, corpus.labels)
+        times = _time_steps(student, objective, split, batches)[3:]  # first steps warm up allocators
+        results[name] = statistics.median(times)
+        print(f"{name:<24} median step {results[name] * 1000:8.1f} ms over {len(times)} steps", flush=True)
+    tokens = sum(int(split.batch(b)["attention_mask"].sum()) for b in batches[3:])
+    print(f"teacher-output cache fill (or load): {warm_seconds:.1f} s for {len(split)} sentences")
+    print(f"student-only tokens/s: {tokens / (results['student-only'] * len(batches[3:])):.0f}")
+    print(f"ratio distill(cache warm) / student-only = {results['distill, cache warm'] / results['student-only']:.3f}"
+          " (target <= 1.10)")
+    print(f"ratio distill(teacher live) / student-only = "
+          f"{results['distill, teacher live'] / results['student-only']:.3f}")
+
+
+def _trial_seconds(tracking: bool, sentences: int) -> float:
+    """One quickstart-sized trial with or without MLflow tracking, measured in a fresh process."""
+    code = f"""
+import os, sys, time, tempfile, json
+sys.path.insert(0, {str(ROOT)!r})
+from distill_lab.spec import parse_spec
+from distill_lab import study as driver
+from distill_lab.pipeline import run_distillation
+from distill_lab.spec import resolve
+import bench.distill_bench as b
+spec = parse_spec(b._spec({sentences}, 1.0, 3) | {{"distill": {{"alpha_hidden": 0.0}},
+                  "training": {{"epochs": 1, "eval_every": 5, "seed": 1, "learning_rate": 1e-4, "batch_size": 32}}}})
+run_distillation(resolve(spec))  # warm: teacher and caches, not timed
+started = time.perf_counter()
+if {tracking}:
+    import optuna
+    tmp = tempfile.mkdtemp()
+    ctx = driver.StudyContext(spec, tmp + "/o.journal", "sqlite:///" + tmp + "/m.db", 1, 6, 3)
+    storage = driver.open_storage(ctx.storage_url)
+    s = driver.create_or_load(ctx, storage)
+    from distill_lab.tracking import Tracker
+    tracker = Tracker(ctx.tracking_uri)
+    exp, parent = driver.ensure_tracking(ctx, s, tracker)
+    started = time.perf_counter()
+    trial = s.ask()
+    driver.run_trial(trial, ctx, tracker, exp, parent)
+else:
+    run_distillation(resolve(spec))
+print("SECONDS", time.perf_counter() - started)
+"""
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    return float([line for line in output.splitlines() if line.startswith("SECONDS")][-1].split()[1])
+
+
+def bench_tracking(args: argparse.Namespace) -> None:
+    off = [_trial_seconds(False, args.sentences) for _ in range(args.repeat)]
+    on = [_trial_seconds(True, args.sentences) for _ in range(args.repeat)]
+    print(f"trial without tracking: median {statistics.median(off):.2f} s {['%.2f' % s for s in off]}")
+    print(f"trial with MLflow tracking: median {statistics.median(on):.2f} s {['%.2f' % s for s in on]}")
+    print(f"tracking overhead = {(statistics.median(on) / statistics.median(off) - 1) * 100:.1f}% (target <= 2%)")
+
+
+def _peak_rss(cache: str) -> float:
+    code = f"""
+import sys, resource
+sys.path.insert(0, {str(ROOT)!r})
+from distill_lab.spec import load_spec, resolve
+from distill_lab.pipeline import run_distillation
+config = resolve(load_spec({str(ROOT / 'studies' / 'quickstart.yaml')!r}, ["training.teacher_cache={cache}",
+                 "distill.alpha_hidden=1.0", "training.epochs=1"]))
+run_distillation(config)
+print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    return float([line for line in output.splitlines() if line.startswith("RSS")][-1].split()[1]) / 1024
+
+
+def bench_memory(args: argparse.Namespace) -> None:
+    without = _peak_rss("off")
+    with_cache = _peak_rss("memory")
+    print(f"peak RSS of a quickstart trial (hidden loss on): cache off {without:.0f} MB, cache on {with_cache:.0f} MB")
+    print(f"ratio peak RSS cache/no cache = {with_cache / without:.3f} (target <= 1.5)")
+
+
+def bench_sweep(args: argparse.Namespace) -> None:
+    """9 temperatures x 2 seeds: one sweep with the cache vs the same trials each re-running the teacher."""
+    from distill_lab.distill.teacher_cache import clear_memory
+    from distill_lab.pipeline import run_distillation
+    from distill_lab.spec import parse_spec, resolve
+
+    temperatures = [1, 2, 3, 4, 6, 8, 12, 16, 24]
+    timings = {}
+    for mode in ("memory", "off"):
+        clear_memory()
+        started = time.perf_counter()
+        for temperature in temperatures:
+            for seed in (1, 2):
+                spec = _spec(args.sentences, args.epochs, 3) | {"distill": {"temperature": temperature,
+                                                                            "alpha_hard": 0.5, "alpha_soft": 0.5}}
+                spec["training"] |= {"seed": seed, "teacher_cache": mode}
+                run_distillation(resolve(parse_spec(spec)))
+        timings[mode] = time.perf_counter() - started
+        print(f"sweep of 18 trials, teacher cache {mode}: {timings[mode]:.1f} s", flush=True)
+    print(f"ratio sweep(cache) / sweep(teacher every step) = {timings['memory'] / timings['off']:.3f} "
+          "(target <= 0.5 vs TextBrewer loop)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["step", "tracking", "memory", "sweep"])
+    parser.add_argument("--sentences", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}; "
+          f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
+    {"step": bench_step, "tracking": bench_tracking, "memory": bench_memory, "sweep": bench_sweep}[args.command](args)
+
+
+if __name__ == "__main__":
+    tempfile.gettempdir()
+    main()

@@ -1,0 +1,457 @@
+"""`distill-lab report` on fake but realistic tracked runs: the table, its formats, --update, --analysis, errors.
+
+The heavy end-to-end paths run the real command in a subprocess; format variants go through the
+same entry point (`distill_lab.cli.main`) in-process, which is faster and sees the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from io import StringIO
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from distill_lab import report as reporting
+from fake_runs import FakeStudy, concave_score, log_fake_study, log_unfinished_trial, new_store
+
+EN = ["teacher / student", "setting", "init", "score (dev F1)"]
+ZH = ["模型的参数选取", "蒸馏设定", "初始化方式", "产出模型表现"]
+EXTRAS = ["test F1", "retention", "student params", "compression", "diagnosis", "study"]
+PAIR = "T: MiniLM-L6 (6 layers), S: MiniLM (3 layers)"
+TEACHER_PAIR = "T: MiniLM-L6 (6 layers) (teacher, reference)"
+SCORE = re.compile(r"^(\d+\.\d\d) ± (\d+\.\d\d) \(n=(\d+)\)$")
+
+
+class Store:
+    def __init__(self, uri: str, studies: dict[str, FakeStudy]):
+        self.uri = uri
+        self.studies = studies
+
+    @property
+    def values(self) -> pd.DataFrame:
+        return pd.concat([s.values.assign(study=name) for name, s in self.studies.items()], ignore_index=True)
+
+    def expected(self) -> pd.DataFrame:
+        """Mean/std/n of the BEST dev F1 per (study, setting, init), straight from what was logged."""
+        return (self.values.groupby(["study", "setting", "init_name"])["dev_f1"]
+                .agg(mean="mean", std="std", n="size").reset_index())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    root = tmp_path_factory.mktemp("report_store")
+    uri = new_store(root)
+    studies = {
+        # 9 temperatures x 3 seeds, optimum at T=5 (+ a failed and a pruned trial the report must skip).
+        "temperature_convexity": log_fake_study(uri, "temperature_convexity", score=concave_score(t_star=5.0),
+                                                rng_seed=0),
+        # Every dev F1 curve peaks and then falls 3 points; no final "dev_f1 = best" point is logged,
+        # so each run's latest dev_f1 is lower than its best.
+        "layer_mapping": log_fake_study(uri, "layer_mapping", temperatures=(4,), mappings=["uniform", "last", "skip",
+                                        "many_to_one"], mapping_effect={"last": -0.03}, last_dev_drop=0.03,
+                                        ui_dev_f1=False, rng_seed=1),
+        "init_strategy": log_fake_study(uri, "init_strategy", temperatures=(4,), inits=["teacher", "pretrained",
+                                        "random"], init_effect={"pretrained": -0.01, "random": -0.2}, rng_seed=2),
+    }
+    log_unfinished_trial(uri, studies["temperature_convexity"], state="FAIL", status="FAILED")
+    log_unfinished_trial(uri, studies["temperature_convexity"], state="PRUNED", status="FINISHED")
+    return Store(uri, studies)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill_lab.cli", *args], capture_output=True, text=True,
+                          timeout=180, cwd=cwd)
+
+
+def call_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The console entry point in-process: (exit code, stdout, stderr)."""
+    from distill_lab import cli
+
+    monkeypatch.setattr(sys, "argv", ["distill-lab", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+    assert set("".join(cells[1])) <= set(":-"), "second table line is not the header separator"
+    return cells[0], cells[2:]
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def commands(store, tmp_path_factory) -> SimpleNamespace:
+    """Every real `distill-lab report` subprocess of this module, started together.
+
+    Each one pays ~2 s of interpreter start-up and imports; run side by side they cost about one.
+    The tests below check their results (and the files they were pointed at) one by one.
+    """
+    work = tmp_path_factory.mktemp("cli")
+    paths = SimpleNamespace(
+        no_markers=work / "no_markers" / "README.md", no_markers_bytes="# Notes\r\n\nno markers here — ü\n".encode(),
+        blocker=work / "blocked" / "afile", fresh=work / "fresh" / "nothing" / "mlflow.db",
+        empty=new_store(work / "empty"))
+    paths.no_markers.parent.mkdir()
+    paths.no_markers.write_bytes(paths.no_markers_bytes)
+    paths.blocker.parent.mkdir()
+    paths.blocker.write_text("I am a file\n")
+    args = {
+        "markdown": ["report", "--markdown", "--tracking-uri", store.uri],
+        "unknown_study": ["report", "--study", "nope", "--tracking-uri", store.uri],
+        "fresh_store": ["report", "--tracking-uri", f"sqlite:///{paths.fresh}"],
+        "empty_store": ["report", "--tracking-uri", paths.empty],
+        "no_markers": ["report", "--update", str(paths.no_markers), "--tracking-uri", store.uri],
+        "out_under_file": ["report", "--out", str(paths.blocker / "out.md"), "--tracking-uri", store.uri],
+        "two_formats": ["report", "--csv", "--json"],
+    }
+    with ThreadPoolExecutor(max_workers=len(args)) as pool:
+        futures = {name: pool.submit(run_cli, *command) for name, command in args.items()}
+        results = {name: future.result() for name, future in futures.items()}
+    return SimpleNamespace(paths=paths, **results)
+
+
+# --------------------------------------------------------------------------- the table
+@pytest.fixture(scope="module")
+def markdown(commands) -> str:
+    result = commands.markdown
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def test_markdown_header_has_the_practitioner_columns_then_extras(markdown):
+    header, _ = markdown_rows(markdown)
+    assert header[:4] == EN
+    assert header[4:] == EXTRAS
+
+
+def test_markdown_one_row_per_group_plus_teacher_rows(store, markdown):
+    _, rows = markdown_rows(markdown)
+    expected = store.expected()
+    trial_rows = [row for row in rows if row[0] == PAIR]
+    teacher_rows = [row for row in rows if row[0] == TEACHER_PAIR]
+    assert len(trial_rows) == len(expected) == 9 + 4 + 3
+    assert len(teacher_rows) == len(store.studies)
+    assert len(rows) == len(trial_rows) + len(teacher_rows)
+    assert {(r[9], r[1], r[2]) for r in trial_rows} == set(zip(expected["study"], expected["setting"],
+                                                                expected["init_name"]))
+    assert "T=99" not in markdown  # failed and pruned trials are not reported
+    for row in teacher_rows:
+        assert row[1:4] == ["fine-tuned on gold labels", "pretrained weights", "90.50 ± 0.00 (n=1)"]
+
+
+def test_markdown_scores_are_mean_std_n_of_the_seeds(store, markdown):
+    _, rows = markdown_rows(markdown)
+    expected = store.expected().set_index(["study", "setting", "init_name"])
+    for row in rows:
+        if row[0] != PAIR:
+            continue
+        match = SCORE.match(row[3])
+        assert match, row[3]
+        mean, std, n = float(match[1]), float(match[2]), int(match[3])
+        want = expected.loc[(row[9], row[1], row[2])]
+        assert n == want["n"] == 3
+        assert mean == pytest.approx(round(want["mean"] * 100, 2), abs=0.0051)
+        assert std == pytest.approx(round(want["std"] * 100, 2), abs=0.0051)
+
+
+def test_markdown_rows_sorted_by_study_then_score(markdown):
+    _, rows = markdown_rows(markdown)
+    studies = [row[9] for row in rows]
+    assert studies == sorted(studies)
+    for study in set(studies):
+        block = [row for row in rows if row[9] == study]
+        assert block[0][0] == TEACHER_PAIR
+        means = [float(SCORE.match(row[3])[1]) for row in block[1:]]
+        assert means == sorted(means, reverse=True)
+
+
+def test_best_dev_f1_is_reported_not_the_last_eval(store, markdown):
+    from mlflow.tracking import MlflowClient
+
+    study = store.studies["layer_mapping"]
+    client = MlflowClient(store.uri)
+    run_id = study.trial_run_ids[0]
+    first_seed = study.values[study.values["run_id"] == run_id].iloc[0]
+    history = [m.value for m in client.get_metric_history(run_id, "dev_f1")]
+    # The trap is set: the curve peaked at the best and the run's latest dev_f1 is 3 points lower.
+    assert max(history) == pytest.approx(first_seed["dev_f1"])
+    assert client.get_run(run_id).data.metrics["dev_f1"] == pytest.approx(first_seed["dev_f1"] - 0.03)
+    _, rows = markdown_rows(markdown)
+    values = study.values
+    for row in (row for row in rows if row[9] == "layer_mapping" and row[0] == PAIR):
+        group = values[values["setting"] == row[1]]
+        reported = float(SCORE.match(row[3])[1])
+        assert reported == pytest.approx(round(group["dev_f1"].mean() * 100, 2), abs=0.0051)
+        assert abs(reported - group["last_dev_f1"].mean() * 100) > 2.5
+
+
+def test_lang_zh_headers(store, monkeypatch, capsys):
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--lang", "zh", "--tracking-uri", store.uri)
+    assert code == 0, err
+    header, rows = markdown_rows(out)
+    assert header[:4] == ZH
+    assert " | ".join(header[:4]) == "模型的参数选取 | 蒸馏设定 | 初始化方式 | 产出模型表现"
+    assert len(rows) == 9 + 4 + 3 + 3
+
+
+def test_csv_is_numeric(store, monkeypatch, capsys):
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--csv", "--tracking-uri", store.uri)
+    assert code == 0, err
+    table = pd.read_csv(StringIO(out))
+    assert {"study", "pair", "setting", "init", "dev_f1_mean", "dev_f1_std", "n", "test_f1_mean",
+            "retention", "reference"} <= set(table.columns)
+    trials = table[~table["reference"]]
+    merged = trials.merge(store.expected(), left_on=["study", "setting", "init"],
+                          right_on=["study", "setting", "init_name"], validate="one_to_one")
+    assert len(merged) == len(trials) == 16
+    assert merged["dev_f1_mean"].to_numpy() == pytest.approx(merged["mean"].to_numpy(), abs=1e-9)
+    assert merged["dev_f1_std"].to_numpy() == pytest.approx(merged["std"].to_numpy(), abs=1e-9)
+    assert (merged["n_x"] == merged["n_y"]).all()
+    assert table["reference"].sum() == 3
+    assert (table.loc[table["reference"], "dev_f1_mean"] == 0.905).all()
+
+
+def test_json_records(store, monkeypatch, capsys):
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--json", "--tracking-uri", store.uri,
+                              "--study", "init_strategy")
+    assert code == 0, err
+    records = json.loads(out)
+    assert len(records) == 3 + 1
+    values = store.studies["init_strategy"].values
+    for record in records:
+        if record["reference"]:
+            assert record["pair"] == TEACHER_PAIR and record["dev_f1_mean"] == pytest.approx(0.905)
+            continue
+        group = values[values["init_name"] == record["init"]]["dev_f1"]
+        assert record["dev_f1_mean"] == pytest.approx(group.mean())
+        assert record["dev_f1_std"] == pytest.approx(group.std())
+        assert record["n"] == 3
+        assert record["retention"] == pytest.approx(group.mean() / 0.905)
+    assert {r["init"] for r in records} == {"fine-tuned teacher weights", "pretrained weights", "random"}
+
+
+class _Table(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.headers: list[str] = []
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+        self._kind = ""
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("th", "td"):
+            self._cell, self._kind = [], tag
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self._cell is not None:
+            text = "".join(self._cell).strip()
+            (self.headers if self._kind == "th" else self.rows[-1]).append(text)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_html_table(store, monkeypatch, capsys):
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--html", "--tracking-uri", store.uri)
+    assert code == 0, err
+    assert out.lstrip().startswith("<table") and "distill-lab-report" in out
+    parser = _Table()
+    parser.feed(out)
+    assert parser.headers == EN + EXTRAS
+    rows = [row for row in parser.rows if row]
+    assert len(rows) == 19
+    assert all(len(row) == len(parser.headers) for row in rows)
+    assert all(SCORE.match(row[3]) for row in rows)
+
+
+def test_out_writes_the_same_text(store, monkeypatch, capsys, markdown, tmp_path):
+    target = tmp_path / "report.md"
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--out", str(target), "--tracking-uri", store.uri)
+    assert code == 0, err
+    assert out == ""
+    assert target.read_text(encoding="utf-8") == markdown
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]  # no temporary file left
+
+
+# --------------------------------------------------------------------------- --update
+def test_update_rewrites_only_the_marked_region(store, tmp_path, monkeypatch, capsys):
+    before = ("# Results — ünïcödé\r\n\nHand-written intro with trailing spaces   \n\n".encode("utf-8")
+              + reporting.BEGIN.encode())
+    after = (reporting.END + "\n\nFooter\twith a tab\r\nlast line without newline").encode("utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_bytes(before + b"\n| old | table |\n| --- | --- |\n" + after)
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--update", str(readme), "--tracking-uri", store.uri)
+    assert code == 0 and out == "", err
+    data = readme.read_bytes()
+    assert data.startswith(before)
+    assert data.endswith(after)
+    region = data[len(before):len(data) - len(after)].decode("utf-8")
+    assert "| old | table |" not in region
+    header, rows = markdown_rows(region)
+    assert header[:4] == EN and len(rows) == 19
+    # Idempotent: a second update leaves the same bytes.
+    code, _, err = call_cli(monkeypatch, capsys, "report", "--update", str(readme), "--tracking-uri", store.uri)
+    assert code == 0, err
+    assert readme.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+
+
+def test_update_uses_the_end_marker_that_follows_begin(store, tmp_path, monkeypatch, capsys):
+    # Prose before the region may quote the END marker; only the END after BEGIN closes the region.
+    head = f"How to: put {reporting.BEGIN} and {reporting.END} around the table.\n\n".replace(
+        reporting.BEGIN, "BEGIN-marker").encode() + reporting.BEGIN.encode()
+    tail = f"{reporting.END}\n".encode()
+    readme = tmp_path / "README.md"
+    readme.write_bytes(head + b"\nold\n" + tail)
+    code, _, err = call_cli(monkeypatch, capsys, "report", "--update", str(readme), "--study", "init_strategy",
+                            "--tracking-uri", store.uri)
+    assert code == 0, err
+    data = readme.read_bytes()
+    assert data.startswith(head) and data.endswith(tail)
+    assert len(markdown_rows(data[len(head):-len(tail)].decode())[1]) == 4
+
+
+def test_update_of_a_non_utf8_file_is_an_error(store, tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    original = b"caf\xe9 latin-1\n" + reporting.BEGIN.encode() + b"\n" + reporting.END.encode() + b"\n"
+    readme.write_bytes(original)
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--update", str(readme), "--tracking-uri", store.uri)
+    assert code == 2 and out == "" and "not UTF-8" in err and len(err.strip().splitlines()) == 1, err
+    assert readme.read_bytes() == original
+
+
+# --------------------------------------------------------------------------- --analysis
+def test_analysis_reports_t_star_and_logs_to_the_parent_run(store, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--tracking-uri", store.uri)
+    assert code == 0, err
+    assert "### temperature_convexity: dev F1 vs temperature" in out
+    match = re.search(r"T\* = ([0-9.]+), 95% bootstrap CI \[([0-9.]+), ([0-9.]+)\]", out)
+    assert match, out
+    t_star, low, high = map(float, match.groups())
+    assert low <= 5.0 <= high and low <= t_star <= high
+    assert "**verdict: one interior optimum supported**" in out
+    # Group comparisons for the studies that searched mappings and inits.
+    assert "### layer_mapping: dev F1 by mapping (vs uniform, F1 points)" in out
+    assert "### init_strategy: dev F1 by init (vs pretrained weights, F1 points)" in out
+
+    client = MlflowClient(store.uri)
+    parent = store.studies["temperature_convexity"].parent_run_id
+    names = {item.path for item in client.list_artifacts(parent, "analysis")}
+    assert names == {"analysis/temperature_curve.png", "analysis/temperature_fit.json"}
+    local = Path(client.download_artifacts(parent, "analysis", str(tmp_path)))
+    assert (local / "temperature_curve.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    fit = json.loads((local / "temperature_fit.json").read_text())
+    assert fit["verdict"] == "one interior optimum supported"
+    assert fit["t_star"] == pytest.approx(t_star, abs=0.006)
+    assert fit["t_star_ci"][0] <= 5.0 <= fit["t_star_ci"][1]
+    assert fit["points"] == 27  # 9 temperatures x 3 seeds: failed and pruned trials left out
+    # Only the temperature study searched distill.temperature: nothing logged on the other parents.
+    other = store.studies["layer_mapping"].parent_run_id
+    assert client.list_artifacts(other, "analysis") == []
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unknown_study(commands):
+    line = assert_one_error_line(commands.unknown_study, "no study named nope")
+    assert "temperature_convexity" in line  # says which studies exist
+
+
+def test_fresh_store_uri_is_an_error_and_creates_nothing(commands):
+    assert_one_error_line(commands.fresh_store, "no database file")
+    assert not commands.paths.fresh.parent.exists()
+
+
+def test_empty_store(commands):
+    assert_one_error_line(commands.empty_store, "has no distill-lab runs")
+
+
+def test_update_without_markers_leaves_the_file_alone(commands):
+    readme = commands.paths.no_markers
+    assert_one_error_line(commands.no_markers, "markers", str(readme))
+    assert readme.read_bytes() == commands.paths.no_markers_bytes
+    assert sorted(p.name for p in readme.parent.iterdir()) == ["README.md"]
+
+
+def test_out_under_a_regular_file_is_an_error(commands):
+    blocker = commands.paths.blocker
+    assert_one_error_line(commands.out_under_file, str(blocker / "out.md"))
+    assert blocker.read_text() == "I am a file\n"
+    assert sorted(p.name for p in blocker.parent.iterdir()) == ["afile"]
+
+
+def test_two_formats_at_once(commands):
+    assert_one_error_line(commands.two_formats, "choose one output format", "--csv", "--json")
+
+
+def test_out_onto_a_directory_is_an_error(store, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "adir"
+    target.mkdir()
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--out", str(target), "--tracking-uri", store.uri)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert list(target.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--update", "README.md", "--csv"], "--update writes a markdown table"),
+    (["--lang", "fr"], "--lang 'fr'"),
+    (["--update", "does-not-exist.md"], "file not found"),
+])
+def test_bad_option_combinations(store, monkeypatch, capsys, tmp_path, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = call_cli(monkeypatch, capsys, "report", *args, "--tracking-uri", store.uri)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- reading the store
+def test_database_read_matches_the_mlflow_api(store):
+    import os
+
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    fast = reporting._read_database(store.uri)
+    slow = reporting._search_runs_api(store.uri)
+    # The API path points MLflow's global (and MLFLOW_TRACKING_URI) at the store only while it reads.
+    assert os.environ.get("MLFLOW_TRACKING_URI") == environment
+    assert fast is not None
+    fast, slow = fast.set_index("run_id").sort_index(), slow.set_index("run_id").sort_index()
+    assert set(fast.columns) == set(slow.columns)
+    pd.testing.assert_frame_equal(fast[slow.columns], slow, check_dtype=False)
+
+
+def test_load_runs_filters_studies(store):
+    runs = reporting.load_runs(store.uri, ["layer_mapping"])
+    assert set(runs["tags.study"]) == {"layer_mapping"}
+    assert sorted(runs["tags.role"].value_counts().items()) == [("study", 1), ("teacher", 1), ("trial", 4)]
