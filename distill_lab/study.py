@@ -479,10 +479,10 @@ def work(ctx: StudyContext, *, on_trial: Callable[[optuna.Study], None] | None =
             with get_heartbeat_thread(trial._trial_id, study._storage):
                 value = run_trial(trial, ctx, tracker, experiment_id, parent_run_id, stage=stage)
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             if grid:  # the point goes back to the queue for another worker
                 study.enqueue_trial(trial.params)
             raise
@@ -491,9 +491,10 @@ def work(ctx: StudyContext, *, on_trial: Callable[[optuna.Study], None] | None =
             reason = repr(err) if not isinstance(err, DistillLabError) else f"{type(err).__name__}: {err}"
             log.warning("trial %d failed with params %s: %s", trial.number, trial.params, reason)
             trial.set_user_attr("fail_reason", reason[:2000])
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         else:
-            study.tell(trial, value)
+            # skip_if_finished: a trial judged stale (starved heartbeat) was already failed and re-queued.
+            study.tell(trial, value, skip_if_finished=True)
         if on_trial is not None:
             on_trial(study)
 

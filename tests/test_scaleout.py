@@ -226,7 +226,9 @@ def test_scaleout_sigkill_worker_loses_nothing(databases, mlflow_server, tmp_pat
     study = _load(databases["optuna"], "kill12")
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(t.params["distill.temperature"] for t in complete) == sorted(temperatures)
+    dump = "\n".join(f"{t.number} {t.state.name} {t.params} {t.user_attrs.get('worker')} {t.system_attrs}"
+                     for t in trials)
+    assert sorted(t.params["distill.temperature"] for t in complete) == sorted(temperatures), dump
     dead = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and t.state.name == "FAIL"]
     assert len(dead) == 1
     runs = {r.info.run_id: r for r in _runs(mlflow_server, "kill12")}
