@@ -130,24 +130,11 @@ def layer_counts(spec: StudySpec) -> tuple[int, int]:
 
 
 def check_against_models(spec: StudySpec) -> tuple[int, int]:
-    """Checks that need the real layer counts (read from model configs, no weights loaded)."""
-    from distill_lab.distill.mapping import build_mapping
+    """Checks that need the real layer counts (model configs only, no weights): the spec's base run."""
+    from distill_lab.pipeline import check_models
 
-    n_teacher, n_student = layer_counts(spec)
-    init = spec.student.init
-    if spec.student.from_teacher is not None and init.strategy in ("teacher", "pretrained") and n_student > n_teacher:
-        raise SpecError(
-            f"student.from_teacher.num_layers: {n_student} exceeds the teacher's {n_teacher} layers "
-            f"(allowed 1..{n_teacher} with init strategy {init.strategy!r})"
-        )
-    if isinstance(init.layers, list) and init.strategy == "teacher":
-        models.select_layers(init.layers, n_teacher, n_student)
-    distill = spec.distill
-    if distill.alpha_hidden > 0 or distill.alpha_attention > 0:
-        mapping = distill.layer_mapping
-        build_mapping(mapping.strategy, n_teacher, n_student,
-                      pairs=[list(p) for p in mapping.pairs] if mapping.pairs else None, groups=mapping.groups)
-    return n_teacher, n_student
+    check_models(resolve(spec))
+    return layer_counts(spec)
 
 
 def create_or_load(ctx: StudyContext, storage: optuna.storages.BaseStorage) -> optuna.Study:
