@@ -224,6 +224,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     def report(name: str) -> Callable[[int, int], None] | None:
         return None if stage is None else (lambda done, total: stage(name, done, total))
 
+    class_weights = class_weight_tensor(config.distill.class_weights, corpus)  # bad types fail before training
     teacher = prepare_teacher(config, corpus, device=device, progress=report("teacher fine-tune"))
     teacher.model.to(device).eval()
     student, tokenizer, init_report = build_student(config, teacher, labels)
@@ -283,7 +284,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         teacher=targets, layer_mapping=mapping if distill.alpha_hidden > 0 else (),
         attention_mapping=attention_mapping, projections=projections,
         projection_direction=distill.projection.direction,
-        class_weights=class_weight_tensor(distill.class_weights, corpus))
+        class_weights=class_weights)
     training = config.training
     recipe = TrainRecipe(
         epochs=training.epochs, learning_rate=training.learning_rate, batch_size=training.batch_size,

@@ -196,9 +196,10 @@ def suggest_monotone(trial: optuna.Trial, n_teacher: int, n_student: int, *, pin
     return layers
 
 
-def sampler_for(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def sampler_for(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:
     """Optuna sampler by name. Grid studies enqueue their points (see study.py), so random fills none."""
-    name, seed = spec.study.sampler, spec.study.sampler_seed
+    # Each worker gets its own seed: identically seeded workers would propose identical points.
+    name, seed = spec.study.sampler, spec.study.sampler_seed + worker
     if name == "tpe":
         # constant_liar: concurrent workers don't all sample the same promising point.
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(5, spec.study.n_trials))

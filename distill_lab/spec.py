@@ -172,6 +172,12 @@ class TrainingSpec(_Model):
     teacher_cache: Literal["disk", "memory", "off"] = "disk"
     teacher_cache_max_gb: float = Field(8.0, gt=0)
 
+    @field_validator("teacher_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` / `on` as a boolean.
+        return {False: "off", True: "disk"}.get(value, value) if isinstance(value, bool) else value
+
 
 class LayerMappingSpec(_Model):
     strategy: Literal["uniform", "explicit", "many_to_one", "last", "skip"] = "uniform"

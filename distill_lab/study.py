@@ -423,12 +423,13 @@ def _counts(study: optuna.Study) -> dict[TrialState, int]:
     return counts
 
 
-def work(ctx: StudyContext, *, on_trial: Callable[[optuna.Study], None] | None = None,
+def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study], None] | None = None,
          stage: Callable[[str, int, int], None] | None = None) -> None:
     """One worker: take trials until the study has n_trials finished (or the grid is exhausted)."""
     storage = open_storage(ctx.storage_url, tracking_uri=ctx.tracking_uri)
     study = optuna.load_study(study_name=ctx.spec.name, storage=storage,
-                              sampler=search_space.sampler_for(ctx.spec), pruner=search_space.pruner_for(ctx.spec))
+                              sampler=search_space.sampler_for(ctx.spec, worker),
+                              pruner=search_space.pruner_for(ctx.spec))
     tracker = Tracker(ctx.tracking_uri)
     experiment_id = study.user_attrs["mlflow_experiment_id"]
     parent_run_id = study.user_attrs["mlflow_parent_run_id"]
@@ -486,7 +487,7 @@ def work(ctx: StudyContext, *, on_trial: Callable[[optuna.Study], None] | None =
             on_trial(study)
 
 
-def _worker_process(ctx: StudyContext, threads: int) -> None:
+def _worker_process(ctx: StudyContext, threads: int, worker: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -494,7 +495,7 @@ def _worker_process(ctx: StudyContext, threads: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     _quiet()
     try:
-        work(ctx)
+        work(ctx, worker=worker)
     except (KeyboardInterrupt, SystemExit):
         os._exit(130)
 
@@ -524,7 +525,7 @@ def threads_per_worker(workers: int) -> int:
 
 def spawn_workers(ctx: StudyContext, workers: int) -> list[multiprocessing.Process]:
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_process, args=(ctx, threads_per_worker(workers)),
+    processes = [context.Process(target=_worker_process, args=(ctx, threads_per_worker(workers), i + 1),
                                  name=f"distill-lab-worker-{i}") for i in range(workers)]
     for process in processes:
         process.start()

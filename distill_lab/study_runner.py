@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,8 @@ def run_worker(ctx: driver.StudyContext, *, console: Console) -> int:
     ctx.tracking_uri = study.user_attrs.get("mlflow_tracking_uri", ctx.tracking_uri)
     driver._install_sigterm()
     try:
-        driver.work(ctx, on_trial=lambda s: console.print(_study_line(s)))
+        # A worker on another host: its sampler seed must differ from every other worker's.
+        driver.work(ctx, worker=os.getpid(), on_trial=lambda s: console.print(_study_line(s)))
     except (KeyboardInterrupt, SystemExit):
         console.print("worker interrupted: its trial was marked FAIL and its run KILLED")
         return 130
