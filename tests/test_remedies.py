@@ -142,8 +142,7 @@ def test_hard_loss_ignores_transfer_sentences_gradient_check():
     soft = Objective(alpha_hard=0.0, alpha_soft=1.0, temperature=2.0, teacher=targets)
     model.zero_grad()
     with torch.no_grad():
-        for parameter in model.classifier.parameters():
-            parameter.add_(0.1)  # student != teacher, so the soft loss is not 0
+        model.classifier.bias[1] += 1.0  # student != teacher (one label moved), so the soft loss is not 0
     parts = soft.losses(model, batch, torch.device("cpu"))
     assert parts["soft"].item() > 0
 
@@ -161,7 +160,7 @@ def test_class_weights_change_the_hard_loss_exactly_as_by_hand():
     gold = torch.tensor([[labels.index("B-PER"), labels.index("O")]])
     n = len(labels)
     ce_per = -math.log(math.exp(2) / (math.exp(2) + n - 1))
-    ce_o = -math.log(1 / (math.exp(2) + n - 1))
+    ce_o = math.log(n)  # all-zero logits: uniform softmax
     expected = (3.0 * ce_per + 1.0 * ce_o) / 4.0
     from distill_lab.distill.losses import hard_loss
 
