@@ -463,6 +463,12 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
             optuna.storages.fail_stale_trials(study)
             end_orphan_runs(study, tracker, experiment_id)
         trial = study.ask()
+        if not grid and _surplus(study, trial, ctx.n_trials):
+            # Workers that checked the count at the same moment: the earlier trials already make up
+            # n_trials, so this one is not run (recorded FAIL with its reason, nothing tracked).
+            trial.set_user_attr("fail_reason", f"surplus: {ctx.n_trials} trials were already finished or running")
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            break
         try:
             with get_heartbeat_thread(trial._trial_id, study._storage):
                 value = run_trial(trial, ctx, tracker, experiment_id, parent_run_id, stage=stage)
@@ -485,6 +491,12 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
             study.tell(trial, value, skip_if_finished=True)
         if on_trial is not None:
             on_trial(study)
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    earlier = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
+               if t.number < trial.number]
+    return len(earlier) >= n_trials
 
 
 def _worker_process(ctx: StudyContext, threads: int, worker: int) -> None:
