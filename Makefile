@@ -33,6 +33,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Regenerate the measured results in docs/results.md from scratch (needs the CoNLL-2003 files:
+# DISTILL_LAB_DATA_DIR/conll2003). Runs in results/ (its own Optuna journal and MLflow store).
+results: $(STAMP)
+	mkdir -p results
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/temperature_convexity.yaml --workers 2
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/remedies.yaml --workers 2 \
+		--set name=remedies_transfer --set tracking.experiment=remedies_transfer \
+		--set 'study.search_space={data.transfer: {type: grid, values: [null, {from_train_remainder: true, ratio: 6.0}]}}'
+	cd results && ../$(BIN)/distill-lab report --study temperature_convexity --study remedies_transfer --analysis \
+		--update ../docs/results.md
+	cd results && ../$(BIN)/distill-lab dashboard build temperature_convexity --out ../docs/img/temperature_convexity
+
 ui: $(STAMP)
 	$(BIN)/distill-lab ui
 
