@@ -393,10 +393,19 @@ def _searched(runs: pd.DataFrame, study: str) -> set[str]:
         return set()
 
 
+def _t_star_interval(interval: tuple[float, float] | None) -> str:
+    if not interval:
+        return "-"
+    low, high = interval
+    if low < 1e-6 or high > 1e6:  # many resamples have no maximum: the optimum runs off the axis
+        return f"unbounded ([{low:.3g}, {high:.3g}]: many resamples have no interior maximum)"
+    return f"[{low:.2f}, {high:.2f}]"
+
+
 def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = True) -> str:
     parts = []
     for study, fit in temperature_sections(runs, tracking_uri, log_to_parent=log_to_parent):
-        ci = f"[{fit.t_star_ci[0]:.2f}, {fit.t_star_ci[1]:.2f}]" if fit.t_star_ci else "-"
+        ci = _t_star_interval(fit.t_star_ci)
         t_star = f"{fit.t_star:.2f}" if fit.t_star is not None else "none (no maximum)"
         points = pd.DataFrame({"T": fit.temperatures, "dev F1 mean": [f"{m * 100:.2f}" for m in fit.means],
                                "std": [f"{s * 100:.2f}" for s in fit.stds], "seeds": fit.counts})
