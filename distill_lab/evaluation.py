@@ -87,7 +87,3 @@ def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], pre
 
 def entity_types(tag_sequences: Sequence[Sequence[str]]) -> list[str]:
     return sorted({tag[2:] for tags in tag_sequences for tag in tags if tag != "O"})
-
-
-def summarise(values: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -587,9 +586,6 @@ def rerun_params(study: optuna.Study, trial: optuna.trial.FrozenTrial, ctx: Stud
     """The exact sampled params of a recorded trial, replayed through the same search space."""
     return sampled_params(optuna.trial.FixedTrial(trial.params, number=trial.number), ctx)
 
-
-def mean_or_nan(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
 
 
 __all__ = [

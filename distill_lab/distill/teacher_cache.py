@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -255,9 +254,6 @@ def _load_disk(directory: Path) -> TeacherTargets | None:
 def clear_memory() -> None:
     _MEMORY.clear()
 
-
-def remove_disk_cache(cache_dir: Path) -> None:
-    shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 def compute_teacher_targets(teacher: torch.nn.Module, split: EncodedSplit, *, layers: Sequence[int] = (),
