@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import multiprocessing
@@ -30,7 +31,7 @@ from distill_lab import models, naming, search_space
 from distill_lab.errors import DistillLabError, SpecError, TrialError
 from distill_lab.paths import home_dir
 from distill_lab.spec import StudySpec, resolve
-from distill_lab.tracking import Tracker, TrackingError, confusion_figure, predictions_tsv
+from distill_lab.tracking import Tracker, TrackingError, confusion_figure, deferred_interrupts, predictions_tsv
 
 log = logging.getLogger(__name__)
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -72,8 +73,12 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
     engine_kwargs: dict[str, Any] = {}
     if not url.startswith("sqlite"):
         # Dead workers are detected by heartbeat and their trials re-queued by Optuna itself.
-        kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                      failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        # Optuna >= 4.9 names the hook heartbeat_stale_trial_callback (failed_trial_callback is deprecated).
+        hook = ("heartbeat_stale_trial_callback"
+                if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                else "failed_trial_callback")
+        kwargs = {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD, hook: retry}
         # Small pools: many workers share one PostgreSQL server (max_connections is ~100).
         engine_kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2, "pool_recycle": 300}
     try:
@@ -468,14 +473,23 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
             trial.set_user_attr("fail_reason", f"surplus: {ctx.n_trials} trials were already finished or running")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             break
+        value = None
         try:
             with get_heartbeat_thread(trial._trial_id, study._storage):
                 value = run_trial(trial, ctx, tracker, experiment_id, parent_run_id, stage=stage)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         except (KeyboardInterrupt, SystemExit):
+            if value is not None:  # the run had already ended FINISHED: keep its result, then stop
+                with deferred_interrupts():
+                    study.tell(trial, value, skip_if_finished=True)
+                raise
             trial.set_user_attr("fail_reason", "interrupted")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id:  # an interrupt during the run's close: the run is KILLED, its tag must agree
+                with contextlib.suppress(Exception):
+                    tracker.client.set_tag(run_id, "optuna_state", "FAIL")
             if grid:  # the point goes back to the queue for another worker
                 study.enqueue_trial(trial.params)
             raise
@@ -487,7 +501,9 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         else:
             # skip_if_finished: a trial judged stale (starved heartbeat) was already failed and re-queued.
-            study.tell(trial, value, skip_if_finished=True)
+            # Interrupts wait for the tell: a FINISHED run must not end up beside a FAIL trial.
+            with deferred_interrupts():
+                study.tell(trial, value, skip_if_finished=True)
         if on_trial is not None:
             on_trial(study)
 

@@ -98,6 +98,36 @@ def _param_value(value: Any) -> str:
     return text[:MAX_PARAM_LENGTH]
 
 
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[list[int]]:
+    """Hold SIGINT / SIGTERM back for the block; raise KeyboardInterrupt after it if one came.
+
+    Yields the list of signals received so far, so the block can see whether it was interrupted.
+    Outside the main thread (where handlers cannot be set) the block runs unprotected.
+    """
+    import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    for signum in previous:
+        signal.signal(signum, hold)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise KeyboardInterrupt(f"signal {received[0]}")
+
+
 class Tracker:
     """One tracking store (local sqlite/file or a server)."""
 
@@ -150,9 +180,14 @@ class Tracker:
                     self.client.set_tag(run_id, "error", repr(err)[:5000])
             raise
         finally:
-            handle.flush()
-            with contextlib.suppress(Exception):
-                self.end_run(run_id, status)
+            # A Ctrl-C / SIGTERM that lands while the run is being closed (waiting for queued metrics,
+            # the terminate request) must not leave it RUNNING: close it first, then re-raise.
+            with deferred_interrupts() as interrupted:
+                handle.flush()
+                if interrupted:
+                    status = "KILLED"
+                with contextlib.suppress(Exception):
+                    self.end_run(run_id, "KILLED" if interrupted else status)
 
     def runs_in_state(self, experiment_id: str, state: str = "RUNNING") -> list[Any]:
         return self.client.search_runs([experiment_id], filter_string=f"attributes.status = '{state}'",

@@ -241,7 +241,8 @@ def test_scaleout_sigkill_worker_loses_nothing(databases, mlflow_server, tmp_pat
 @pytest.mark.slow
 def test_scaleout_sigterm_kills_run_and_point_is_completed(databases, mlflow_server, tmp_path):
     temperatures = [1.0, 2.0, 4.0, 8.0]
-    spec = _grid_spec(tmp_path, "term4", temperatures, epochs=3, n_train=80)
+    # Trials long enough (80 steps) that the signal lands inside training, not after the run ended.
+    spec = _grid_spec(tmp_path, "term4", temperatures, epochs=8, n_train=80)
     processes = _start_study_and_workers(spec, databases["optuna"], mlflow_server, tmp_path, "term4", 1)
     victim = processes[1]
     _wait_for(lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")

@@ -334,6 +334,43 @@ def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumab
     assert statuses == ["FINISHED", "KILLED", "FINISHED", "FINISHED"]
 
 
+def test_tracker_run_interrupted_while_closing_ends_killed_then_reraises(store):
+    tracker = Tracker(store.uri)
+    experiment_id = tracker.ensure_experiment("closing")
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run(experiment_id, "closing") as handle:
+            run_id = handle.run_id
+            # SIGTERM while queued metrics are being flushed: the run is still closed, KILLED.
+            handle.flush = lambda: signal.raise_signal(signal.SIGINT)
+    assert tracker.client.get_run(run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are restored
+
+
+def test_work_interrupt_after_the_run_finished_keeps_the_trial_complete(store, monkeypatch):
+    ctx = _ctx(_spec({"study.n_trials": 2}), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    tracker = Tracker(ctx.tracking_uri)
+    driver.ensure_tracking(ctx, study, tracker)
+
+    class InterruptedOnExit:  # the interrupt lands between the run's end and the trial's tell
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(driver, "get_heartbeat_thread", InterruptedOnExit)
+    with pytest.raises(KeyboardInterrupt):
+        driver.work(ctx)
+    study = _load(store)
+    assert _states(study) == ["COMPLETE"]  # not FAIL beside a FINISHED run, and not re-run
+    run = tracker.client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["optuna_state"] == "COMPLETE"
+
+
 def test_end_orphan_runs_ends_only_runs_whose_trial_is_not_running(store):
     ctx = _ctx(_spec(), store)
     study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
