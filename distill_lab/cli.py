@@ -242,14 +242,28 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
     uri = default_tracking_uri(tracking_uri)
     if update is not None and not update.is_file():
         raise DistillLabError(f"--update {update}: file not found")
-    runs = reporting.load_runs(uri, study)
-    text = reporting.render(reporting.experiment_table(runs), fmt, lang)
-    if analysis and fmt == "markdown":
-        text += "\n" + reporting.analysis_markdown(runs, uri)
+    def text_for(studies: Optional[list[str]]) -> str:
+        runs = reporting.load_runs(uri, studies)
+        text = reporting.render(reporting.experiment_table(runs), fmt, lang)
+        if analysis and fmt == "markdown":
+            text += "\n" + reporting.analysis_markdown(runs, uri)
+        return text
+
     if update is not None:
-        reporting.update_region(update, text)
-        console.print(f"updated the report region of {update}")
-    elif out_file is not None:
+        def region_text(names: Optional[list[str]]) -> Optional[str]:
+            if names is None:  # a plain region: the command's own --study selection
+                return text_for(study)
+            try:
+                return text_for(names)
+            except reporting.UnknownStudyError:  # regenerated where its studies' runs are
+                return None
+
+        for names in reporting.update_regions(update, region_text):
+            console.print(f"kept the region of {', '.join(names or [])}: not all of its studies are in {uri}")
+        console.print(f"updated the report regions of {update}")
+        return
+    text = text_for(study)
+    if out_file is not None:
         reporting.write_atomic(out_file, text)
         console.print(f"wrote {out_file}")
     else:

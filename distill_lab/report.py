@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -21,6 +21,9 @@ from distill_lab.errors import DistillLabError
 
 BEGIN = "<!-- distill-lab:report:begin -->"
 END = "<!-- distill-lab:report:end -->"
+# A region may name its studies: <!-- distill-lab:report:begin studies=a,b -->. One document can then
+# hold several regions, each regenerated from its own studies' runs (e.g. from separate stores).
+REGION_BEGIN = re.compile(r"<!-- distill-lab:report:begin(?: studies=([\w.-]+(?:,[\w.-]+)*))? -->")
 GROUP_KEYS = ["study", "pair", "setting", "init"]
 HEADERS = {
     "en": {"pair": "teacher / student", "setting": "setting", "init": "init", "score": "score (dev F1)"},
@@ -32,6 +35,10 @@ EXTRA_HEADERS = {"test": "test F1", "retention": "retention", "params": "student
 
 class ReportError(DistillLabError):
     """Nothing to report, or the output cannot be written."""
+
+
+class UnknownStudyError(ReportError):
+    """A study named on the command line or in a report region has no runs in the store."""
 
 
 ROLES = ("trial", "teacher", "study")
@@ -58,7 +65,7 @@ def load_runs(tracking_uri: str, studies: Sequence[str] | None = None) -> pd.Dat
     if studies:
         unknown = sorted(set(studies) - set(known))
         if unknown:
-            raise ReportError(f"no study named {', '.join(unknown)} in {tracking_uri}; studies there: "
+            raise UnknownStudyError(f"no study named {', '.join(unknown)} in {tracking_uri}; studies there: "
                               f"{', '.join(known) or 'none'}")
         runs = runs[runs["tags.study"].isin(studies)]
     return runs.reset_index(drop=True)
@@ -314,6 +321,15 @@ def write_atomic(path: Path, text: str) -> None:
 
 def update_region(path: Path, content: str) -> None:
     """Replace only the text between the report markers; every other byte stays as it was."""
+    update_regions(path, lambda studies: content)
+
+
+def update_regions(path: Path, render: Callable[[list[str] | None], str | None]) -> list[list[str] | None]:
+    """Rewrite every report region of `path` with `render(its studies)`; other bytes stay as they were.
+
+    `render` gets the region's `studies=` list (None for a plain region) and returns its new text,
+    or None to keep the region as it is. Returns the study lists of the regions that were kept.
+    """
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"--update {path}: file not found")
@@ -323,12 +339,30 @@ def update_region(path: Path, content: str) -> None:
         raise ReportError(f"--update {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise ReportError(f"--update {path}: cannot read ({err.strerror})") from None
-    start = original.find(BEGIN)
-    end = original.find(END, start + len(BEGIN)) if start >= 0 else -1  # the END that follows BEGIN
-    if start < 0 or end < 0:
+    pieces, kept, position = [], [], 0
+    for begin in REGION_BEGIN.finditer(original):
+        if begin.start() < position:  # a begin marker quoted inside the previous region's text
+            continue
+        end = original.find(END, begin.end())  # the END that follows this BEGIN
+        if end < 0:
+            break
+        studies = begin.group(1).split(",") if begin.group(1) else None
+        content = render(studies)
+        pieces.append(original[position:begin.end()])
+        if content is None:
+            kept.append(studies)
+            pieces.append(original[begin.end():end])
+        else:
+            pieces.append("\n" + content.rstrip("\n") + "\n")
+        position = end
+    if not pieces:
         raise ReportError(f"--update {path}: markers {BEGIN} ... {END} not found (add them where the table goes)")
-    updated = original[: start + len(BEGIN)] + "\n" + content.rstrip("\n") + "\n" + original[end:]
-    write_atomic(path, updated)
+    if len(kept) == len(pieces) // 2:
+        names = sorted({name for studies in kept for name in studies or []})
+        raise UnknownStudyError(f"--update {path}: no region could be regenerated: its studies "
+                                f"({', '.join(names)}) are not in this tracking store")
+    write_atomic(path, "".join(pieces) + original[position:])
+    return kept
 
 
 def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = True,

@@ -64,8 +64,11 @@ class RunHandle:
             self._pending.append(operation)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        for start in range(0, len(items), 100):  # one request (one store commit) per 100 tags, not one per tag
+            self.client.log_batch(self.run_id, tags=items[start:start + 100])
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)

@@ -341,6 +341,35 @@ def test_update_uses_the_end_marker_that_follows_begin(store, tmp_path, monkeypa
     assert len(markdown_rows(data[len(head):-len(tail)].decode())[1]) == 4
 
 
+def test_update_regenerates_each_named_region_from_its_own_studies_and_keeps_the_rest(store, tmp_path,
+                                                                                      monkeypatch, capsys):
+    named = "<!-- distill-lab:report:begin studies=init_strategy -->"
+    elsewhere = "<!-- distill-lab:report:begin studies=init_strategy,not_in_this_store -->"
+    kept = "\n| written | from another store |\n"
+    head, middle, tail = "# Results\n\n", f"{reporting.END}\n\nprose between regions\n\n", f"{reporting.END}\nend\n"
+    doc = tmp_path / "results.md"
+    doc.write_text(head + named + "\nold\n" + middle + elsewhere + kept + tail, encoding="utf-8")
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--update", str(doc), "--tracking-uri", store.uri)
+    assert code == 0 and out == "", err
+    data = doc.read_text(encoding="utf-8")
+    assert data.startswith(head + named) and data.endswith(middle + elsewhere + kept + tail)
+    region = data[len(head + named):data.index(middle)]
+    header, rows = markdown_rows(region)
+    assert header[:4] == EN and len(rows) == 4  # init_strategy alone, as with --study init_strategy
+    assert all(row[-1] == "init_strategy" for row in rows)
+    assert "kept the region of init_strategy, not_in_this_store" in err
+
+
+def test_update_where_no_region_can_be_regenerated_is_an_error(store, tmp_path, monkeypatch, capsys):
+    doc = tmp_path / "results.md"
+    original = f"<!-- distill-lab:report:begin studies=elsewhere -->\nold\n{reporting.END}\n".encode()
+    doc.write_bytes(original)
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--update", str(doc), "--tracking-uri", store.uri)
+    assert code == 2 and out == "" and "no region could be regenerated" in err and "elsewhere" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert doc.read_bytes() == original
+
+
 def test_update_of_a_non_utf8_file_is_an_error(store, tmp_path, monkeypatch, capsys):
     readme = tmp_path / "README.md"
     original = b"caf\xe9 latin-1\n" + reporting.BEGIN.encode() + b"\n" + reporting.END.encode() + b"\n"

@@ -1,0 +1,266 @@
+"""distill-lab against TextBrewer's GeneralDistiller, side by side in one process (a command, not a test).
+
+    .venv/bin/pip install -e ".[bench]"        # textbrewer (+ tensorboardX, which it imports)
+    DISTILL_LAB_DATA_DIR=../shared/data .venv/bin/python bench/textbrewer_bench.py epoch [--epochs 1]
+    DISTILL_LAB_DATA_DIR=../shared/data .venv/bin/python bench/textbrewer_bench.py sweep [--epochs 1]
+
+`epoch`: CoNLL-2003 first 2,000 train sentences, MiniLM-L6 teacher (fine-tuned once, cached) ->
+4-layer student (teacher init), soft loss (T=4) + hidden-state MSE on the 4 uniformly mapped
+layers + hard loss, AdamW lr 1e-4, grad clip 1.0, batch 32. Both trainers get the SAME batches in
+the SAME order (distill-lab's length-bucketed batches) and the same loss (TextBrewer's CE at T
+weighted by T^2 has the gradient of distill-lab's KL x T^2). distill-lab uses its teacher-output
+cache (its one-off fill is printed apart); TextBrewer runs the teacher at every step, as it does
+whenever intermediate layers are matched. Both students are scored with the same seqeval code.
+
+`sweep`: T in {1, 2, 3, 4, 6, 8, 12, 16, 24} x seeds {1, 2}, logits-only KD, 3-layer student:
+distill-lab's trials (`run_distillation`, cache in memory across trials) vs the same 18 trials as a
+loop of TextBrewer runs (each re-running its teacher), each scored on dev, test and the train sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench.distill_bench import _spec  # noqa: E402  (one data/model recipe for every benchmark)
+
+TEMPERATURES = [1, 2, 3, 4, 6, 8, 12, 16, 24]
+
+
+def _textbrewer():
+    try:
+        import textbrewer
+    except ImportError as err:
+        raise SystemExit(f"textbrewer is not installed ({err}): .venv/bin/pip install -e '.[bench]'") from None
+    logging.getLogger("textbrewer").setLevel(logging.WARNING)
+    logging.getLogger("Distillation").setLevel(logging.WARNING)
+    return textbrewer
+
+
+class WordLevel:
+    """Wraps a token classifier so TextBrewer sees word-level logits (first sub-token of each word).
+
+    TextBrewer calls `model(**batch)`; distill-lab's batches also carry word positions and word-level
+    labels, so the wrapper takes them, gathers the word logits and computes the hard loss the same
+    way distill-lab's objective does.
+    """
+
+    def __new__(cls, model, hidden: bool):
+        import torch
+
+        from distill_lab.data.align import gather_words
+        from distill_lab.distill import losses
+
+        class _Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, word_positions, word_mask, labels, index=None):
+                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+                word_logits = gather_words(outputs.logits, word_positions)
+                return {"logits": word_logits, "hidden": outputs.hidden_states, "word_mask": word_mask,
+                        "attention_mask": attention_mask, "loss": losses.hard_loss(word_logits, labels)}
+
+        return _Wrapped()
+
+
+def _adaptor(batch, outputs):
+    adapted = {"logits": [outputs["logits"]], "logits_mask": [outputs["word_mask"]],
+               "inputs_mask": outputs["attention_mask"], "losses": [outputs["loss"]]}
+    if outputs["hidden"] is not None:
+        adapted["hidden"] = list(outputs["hidden"])
+    return adapted
+
+
+def textbrewer_train(teacher, student, batches, *, temperature: float, alpha_hard: float, alpha_soft: float,
+                     alpha_hidden: float, mapping, learning_rate: float = 1e-4) -> float:
+    """Train `student` with TextBrewer's GeneralDistiller on `batches`; returns wall seconds."""
+    import torch
+
+    textbrewer = _textbrewer()
+    from distill_lab.distill.mapping import hidden_index
+
+    hidden = alpha_hidden > 0
+    # distill-lab averages the hidden loss over mapped layers; TextBrewer sums weighted matches.
+    matches = [{"layer_T": hidden_index(group[0]), "layer_S": hidden_index(student_layer), "feature": "hidden",
+                "loss": "hidden_mse", "weight": alpha_hidden / len(mapping)}
+               for group, student_layer in mapping] if hidden else []
+    output_dir = tempfile.mkdtemp(prefix="textbrewer-")
+    train_config = textbrewer.TrainingConfig(device="cpu", log_dir=None, output_dir=output_dir,
+                                             ckpt_steps=len(batches))
+    distill_config = textbrewer.DistillationConfig(
+        temperature=temperature, kd_loss_type="ce", kd_loss_weight=alpha_soft * temperature ** 2,
+        hard_label_weight=alpha_hard, intermediate_matches=matches)
+    model_t, model_s = WordLevel(teacher, hidden), WordLevel(student, hidden)
+    model_t.eval()
+    distiller = textbrewer.GeneralDistiller(train_config, distill_config, model_t, model_s, _adaptor, _adaptor)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=learning_rate, weight_decay=0.01)
+    started = time.perf_counter()
+    with distiller:
+        distiller.train(optimizer, batches, num_epochs=1, num_steps=len(batches), max_grad_norm=1.0)
+    seconds = time.perf_counter() - started
+    for leftover in Path(output_dir).glob("*.pkl"):  # its end-of-training checkpoint
+        leftover.unlink()
+    student.eval()
+    return seconds
+
+
+def _setup(sentences: int, layers: int):
+    import torch
+
+    from distill_lab import models
+    from distill_lab.data.align import encode_sentences
+    from distill_lab.data.loader import load_corpus
+    from distill_lab.distill.mapping import build_mapping
+    from distill_lab.spec import parse_spec, resolve
+    from distill_lab.teacher import prepare_teacher
+
+    config = resolve(parse_spec(_spec(sentences, 1.0, layers)))
+    corpus = load_corpus(config.data)
+    teacher = prepare_teacher(config, corpus, device=torch.device("cpu"))
+    teacher.model.eval()
+    label2id = {label: i for i, label in enumerate(corpus.labels)}
+    split = encode_sentences(corpus.train, teacher.tokenizer, label2id, config.data.max_length)
+    dev = encode_sentences(corpus.dev, teacher.tokenizer, label2id, config.data.max_length)
+    mapping = build_mapping("uniform", models.num_layers(teacher.model), layers)
+    return config, corpus, teacher, split, dev, mapping
+
+
+def bench_epoch(args: argparse.Namespace) -> None:
+    import torch
+
+    from distill_lab.data.align import bucketed_batches
+    from distill_lab.distill.engine import Objective, TrainRecipe, train
+    from distill_lab.distill.mapping import teacher_layers_needed
+    from distill_lab.distill.teacher_cache import teacher_targets
+    from distill_lab.evaluation import evaluate
+    from distill_lab.pipeline import build_student
+
+    config, corpus, teacher, split, dev, mapping = _setup(args.sentences, 4)
+    per_epoch = math.ceil(len(split) / 32)
+    steps = int(args.epochs * per_epoch)
+    order = [b for epoch in range(math.ceil(args.epochs)) for b in bucketed_batches(split.lengths, 32, seed=1,
+                                                                                      epoch=epoch)][:steps]
+    recipe = TrainRecipe(epochs=args.epochs, learning_rate=1e-4, batch_size=32, warmup_ratio=0.0, seed=1,
+                         eval_every=10 ** 9, lr_schedule="constant")
+    seconds, f1 = {}, {}
+    for name in ("distill-lab", "TextBrewer"):
+        torch.manual_seed(1)
+        student, _, _ = build_student(config, teacher, corpus.labels)
+        if name == "distill-lab":
+            started = time.perf_counter()
+            targets = teacher_targets(teacher.model, split, teacher_fingerprint=teacher.fingerprint,
+                                      layers=teacher_layers_needed(mapping))
+            fill = time.perf_counter() - started
+            objective = Objective(0.5, 0.5, 1.0, 0.0, 4.0, "mse", targets, mapping)
+            started = time.perf_counter()
+            train(student, split, dev, corpus.labels, recipe, objective)  # its own bucketed order, seed 1
+            seconds[name] = time.perf_counter() - started
+            print(f"distill-lab teacher-output cache fill: {fill:.1f} s (once per sweep)", flush=True)
+        else:
+            started = time.perf_counter()
+            textbrewer_train(teacher.model, student, [split.batch(b) for b in order], temperature=4.0,
+                             alpha_hard=0.5, alpha_soft=0.5, alpha_hidden=1.0, mapping=mapping)
+            evaluate(student, dev, corpus.labels)  # distill-lab's train() ends with one dev evaluation too
+            seconds[name] = time.perf_counter() - started
+        f1[name] = evaluate(student, dev, corpus.labels)[0].f1 * 100
+        print(f"{name:<12} {steps} steps: {seconds[name]:7.1f} s   dev F1 {f1[name]:.2f}", flush=True)
+    print(f"dev F1 difference distill-lab - TextBrewer = {f1['distill-lab'] - f1['TextBrewer']:+.2f} "
+          "(target >= -0.5)")
+    print(f"ratio epoch time distill-lab / TextBrewer = {seconds['distill-lab'] / seconds['TextBrewer']:.3f} "
+          "(target <= 0.70)")
+
+
+def _textbrewer_trial(temperature: float, seed: int, sentences: int, epochs: float) -> float:
+    """One sweep trial the TextBrewer way: teacher forward at every step, then the same scoring."""
+    import torch
+
+    from distill_lab.data.align import bucketed_batches, encode_sentences
+    from distill_lab.data.loader import load_corpus
+    from distill_lab.evaluation import evaluate
+    from distill_lab.pipeline import _train_sample, build_student, seed_everything
+    from distill_lab.spec import parse_spec, resolve
+    from distill_lab.teacher import prepare_teacher
+
+    spec = _spec(sentences, epochs, 3) | {"distill": {"temperature": temperature, "alpha_hard": 0.5,
+                                                      "alpha_soft": 0.5}}
+    spec["training"] |= {"seed": seed}
+    config = resolve(parse_spec(spec))
+    seed_everything(seed)
+    corpus = load_corpus(config.data)
+    teacher = prepare_teacher(config, corpus, device=torch.device("cpu"))
+    teacher.model.eval()
+    student, tokenizer, _ = build_student(config, teacher, corpus.labels)
+    label2id = {label: i for i, label in enumerate(corpus.labels)}
+    encode = lambda sentences: encode_sentences(sentences, tokenizer, label2id, config.data.max_length)  # noqa: E731
+    train_split, dev, test = encode(corpus.train), encode(corpus.dev), encode(corpus.test)
+    steps = int(epochs * math.ceil(len(train_split) / 32))
+    order = [b for epoch in range(math.ceil(epochs))
+             for b in bucketed_batches(train_split.lengths, 32, seed=seed, epoch=epoch)][:steps]
+    textbrewer_train(teacher.model, student, [train_split.batch(b) for b in order], temperature=temperature,
+                     alpha_hard=0.5, alpha_soft=0.5, alpha_hidden=0.0, mapping=())
+    dev_scores, _ = evaluate(student, dev, corpus.labels)
+    evaluate(student, test, corpus.labels)
+    evaluate(student, _train_sample(train_split, config.data.train_sample_size, seed), corpus.labels)
+    return dev_scores.f1
+
+
+def bench_sweep(args: argparse.Namespace) -> None:
+    from distill_lab.distill.teacher_cache import clear_memory
+    from distill_lab.pipeline import run_distillation
+    from distill_lab.spec import parse_spec, resolve
+
+    _textbrewer()
+    # Warm the fine-tuned teacher on disk first: neither side pays for the one-off fine-tune.
+    run_distillation(resolve(parse_spec(_spec(args.sentences, 0.05, 3))))
+    clear_memory()
+    timings, scores = {}, {"distill-lab": [], "TextBrewer": []}
+    started = time.perf_counter()
+    for temperature in TEMPERATURES:
+        for seed in (1, 2):
+            spec = _spec(args.sentences, args.epochs, 3) | {"distill": {"temperature": temperature,
+                                                                        "alpha_hard": 0.5, "alpha_soft": 0.5}}
+            spec["training"] |= {"seed": seed, "teacher_cache": "memory", "warmup_ratio": 0.0}
+            scores["distill-lab"].append(run_distillation(resolve(parse_spec(spec))).dev.f1)
+    timings["distill-lab"] = time.perf_counter() - started
+    print(f"sweep of 18 trials, distill-lab (teacher-output cache): {timings['distill-lab']:.1f} s", flush=True)
+    started = time.perf_counter()
+    for temperature in TEMPERATURES:
+        for seed in (1, 2):
+            scores["TextBrewer"].append(_textbrewer_trial(temperature, seed, args.sentences, args.epochs))
+    timings["TextBrewer"] = time.perf_counter() - started
+    print(f"sweep of 18 trials, loop of TextBrewer runs: {timings['TextBrewer']:.1f} s", flush=True)
+    for name, values in scores.items():
+        print(f"{name:<12} mean dev F1 over the 18 trials {statistics.fmean(values) * 100:.2f}")
+    print(f"ratio sweep distill-lab / TextBrewer loop = {timings['distill-lab'] / timings['TextBrewer']:.3f} "
+          "(target <= 0.5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["epoch", "sweep"])
+    parser.add_argument("--sentences", type=int, default=2000)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}", flush=True)
+    {"epoch": bench_epoch, "sweep": bench_sweep}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
