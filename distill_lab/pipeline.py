@@ -294,7 +294,12 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     result = train(student, train_split, dev_split, labels, recipe, objective, device=device, on_eval=on_eval,
                    progress=report("distill"))
 
-    dev_scores, dev_predictions = evaluate(student, dev_split, labels, batch_size=recipe.eval_batch_size, device=device)
+    if result.best_dev_scores is not None and result.best_dev_predictions is not None:
+        # The kept weights are the best eval's: its scores and predictions are the dev result.
+        dev_scores, dev_predictions = result.best_dev_scores, result.best_dev_predictions
+    else:
+        dev_scores, dev_predictions = evaluate(student, dev_split, labels, batch_size=recipe.eval_batch_size,
+                                               device=device)
     test_scores, _ = evaluate(student, test_split, labels, batch_size=recipe.eval_batch_size, device=device)
     gold_split = EncodedSplit(train_split.sentences[:len(corpus.train)], train_split.encoded[:len(corpus.train)],
                               train_split.pad_id)

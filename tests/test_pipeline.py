@@ -298,6 +298,10 @@ def test_end_to_end_student_learns_from_teacher(e2e_config):
     best = max(result.train_result.history, key=lambda h: h["dev_f1"])
     assert result.train_result.best_step == best["step"]
     assert result.dev.f1 == pytest.approx(result.train_result.best_dev_f1, abs=1e-12)  # best weights kept
+    # The reported dev scores and predictions are those of the weights the run returns.
+    again, predictions = evaluate(result.student, dev_split, corpus.labels,
+                                  batch_size=config.training.eval_batch_size)
+    assert again.f1 == result.dev.f1 and predictions == result.dev_predictions
     assert result.train_result.stopped_early is False
     summary = result.summary()
     assert summary["retention"] == pytest.approx(result.dev.f1 / teacher.dev_f1)

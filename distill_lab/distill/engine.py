@@ -145,6 +145,7 @@ class TrainResult:
     wall_seconds: float = 0.0
     train_tokens: int = 0
     best_dev_scores: Scores | None = None
+    best_dev_predictions: list[list[str]] | None = None  # of the kept (best) weights: no re-evaluation
 
     @property
     def tokens_per_second(self) -> float:
@@ -221,7 +222,8 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
                 progress(step, total_steps)
             # evaluate + log
             if step % recipe.eval_every == 0 or step == total_steps:
-                scores, _ = evaluate(model, dev_split, labels, batch_size=recipe.eval_batch_size, device=device)
+                scores, predictions = evaluate(model, dev_split, labels, batch_size=recipe.eval_batch_size,
+                                               device=device)
                 count = running.pop("_count")
                 metrics = {f"loss_{name}": value / count for name, value in running.items()}
                 metrics.update(dev_f1=scores.f1, dev_precision=scores.precision, dev_recall=scores.recall,
@@ -230,6 +232,7 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
                 result.history.append(metrics)
                 if scores.f1 > result.best_dev_f1:
                     result.best_dev_f1, result.best_step, result.best_dev_scores = scores.f1, step, scores
+                    result.best_dev_predictions = predictions
                     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
                 if on_eval is not None and on_eval(step, metrics):
                     result.stopped_early = True
