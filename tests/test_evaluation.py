@@ -27,6 +27,7 @@ def test_score_counts_an_i_tag_after_o_as_an_entity_like_conlleval():
     assert scores.f1 == 1.0
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")  # seqeval's numpy
 def test_score_without_any_entity_is_zero_not_an_error():
     scores = score([["O", "O"]], [["O", "O"]])
     assert (scores.f1, scores.precision, scores.recall, scores.per_type) == (0.0, 0.0, 0.0, {})
