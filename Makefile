@@ -46,7 +46,9 @@ results: $(STAMP)
 	done
 	# Each region of docs/results.md names its studies (<!-- distill-lab:report:begin studies=... -->).
 	cd results && ../$(BIN)/distill-lab report --analysis --update ../docs/results.md
-	cd results && ../$(BIN)/distill-lab dashboard build temperature_convexity --out ../docs/img/temperature_convexity
+	for study in temperature_convexity layer_mapping init_strategy; do \
+		(cd results && ../$(BIN)/distill-lab dashboard build $$study --out ../docs/img/$$study) || exit 1; \
+	done
 
 ui: $(STAMP)
 	$(BIN)/distill-lab ui

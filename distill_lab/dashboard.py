@@ -10,6 +10,7 @@ import html
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,9 @@ def _save_group_png(rows: pd.DataFrame, factor: str, title: str, path: Path) -> 
 
     groups = [(name, group["dev_f1"].to_numpy() * 100) for name, group in rows.groupby(factor)]
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
-    axes.boxplot([values for _, values in groups], tick_labels=[str(name)[:22] for name, _ in groups])
+    # Wrapped, not cut: "fine-tuned teacher weights" must stay readable under its box.
+    labels = [textwrap.fill(str(name), 18) for name, _ in groups]
+    axes.boxplot([values for _, values in groups], tick_labels=labels)
     for position, (_, values) in enumerate(groups, start=1):
         axes.scatter(np.full(len(values), position), values, alpha=0.6, s=14)
     axes.set_ylabel("dev F1 (%)")
