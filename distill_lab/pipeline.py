@@ -290,7 +290,8 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         epochs=training.epochs, learning_rate=training.learning_rate, batch_size=training.batch_size,
         weight_decay=training.weight_decay, warmup_ratio=training.warmup_ratio,
         max_grad_norm=training.max_grad_norm, seed=training.seed, eval_every=training.eval_every,
-        eval_batch_size=training.eval_batch_size, max_steps=training.max_steps, lr_schedule=training.lr_schedule)
+        eval_batch_size=training.eval_batch_size, max_steps=training.max_steps, lr_schedule=training.lr_schedule,
+        fused_optimizer=training.fused_optimizer)
     result = train(student, train_split, dev_split, labels, recipe, objective, device=device, on_eval=on_eval,
                    progress=report("distill"))
 

@@ -171,6 +171,9 @@ class TrainingSpec(_Model):
     # or "off" = the teacher runs at every step (what most toolkits do).
     teacher_cache: Literal["disk", "memory", "off"] = "disk"
     teacher_cache_max_gb: float = Field(8.0, gt=0)
+    # PyTorch's fused AdamW kernel (CPU and CUDA): the same update as the per-parameter loop, ~5x
+    # faster on CPU, where the loop over a 30k-row embedding costs a quarter of every step.
+    fused_optimizer: bool = True
 
     @field_validator("teacher_cache", mode="before")
     @classmethod

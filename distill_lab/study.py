@@ -99,9 +99,13 @@ def _same_database(storage_url: str, tracking_uri: str) -> bool:
 
 # --------------------------------------------------------------------------- study setup
 def spec_digest(spec: StudySpec) -> str:
-    """What must not change between a study and its resumption (n_trials may)."""
-    payload = spec.model_dump(mode="json", exclude={"description": True, "tracking": True,
-                                                    "study": {"n_trials", "timeout"}})
+    """What must not change between a study and its resumption (n_trials may).
+
+    Values equal to their defaults are left out, so a later version that adds a setting (with a
+    default) still resumes the studies an earlier one created, and writing a default out changes nothing.
+    """
+    payload = spec.model_dump(mode="json", exclude_defaults=True,
+                              exclude={"description": True, "tracking": True, "study": {"n_trials", "timeout"}})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -265,6 +265,15 @@ def test_create_or_load_refuses_a_changed_spec_under_the_same_name(store):
         _run(_ctx(changed, store))
 
 
+def test_spec_digest_ignores_defaults_written_out_but_not_real_changes():
+    base = driver.spec_digest(_spec())
+    # A default written out (or a setting a later version adds with its default) is the same study.
+    assert driver.spec_digest(_spec({"training.fused_optimizer": True, "training.weight_decay": 0.01})) == base
+    assert driver.spec_digest(_spec({"study.n_trials": 9, "description": "other words"})) == base
+    assert driver.spec_digest(_spec({"training.fused_optimizer": False})) != base
+    assert driver.spec_digest(_spec({"training.epochs": 3})) != base
+
+
 # --------------------------------------------------------------------------- 6. NaN -> FAIL
 def test_run_study_fails_a_nan_trial_and_completes_the_others(store):
     spec = _spec({"study.search_space": {"training.learning_rate": {"type": "categorical",

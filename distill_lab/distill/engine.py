@@ -40,6 +40,7 @@ class TrainRecipe:
     eval_batch_size: int = 64
     max_steps: int | None = None
     lr_schedule: str = "constant"  # linear: warmup then linear decay to 0; constant: warmup then flat
+    fused_optimizer: bool = True
 
 
 @dataclass
@@ -152,6 +153,13 @@ class TrainResult:
         return self.train_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
+def adamw_kernel(parameters: Sequence[torch.Tensor], device: torch.device, fused: bool) -> dict[str, bool]:
+    """`fused=True` for torch.optim.AdamW where its fused kernel applies (float tensors on CPU or CUDA)."""
+    if fused and device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in parameters):
+        return {"fused": True}
+    return {}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,7 +186,7 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
     decay = [p for p in trainable if p.ndim >= 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.learning_rate,
+        lr=recipe.learning_rate, **adamw_kernel(trainable, device, recipe.fused_optimizer),
     )
     batches_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * batches_per_epoch))
