@@ -187,7 +187,9 @@ def _logs(tmp_path: Path) -> str:
 @pytest.mark.slow
 def test_scaleout_four_workers_run_each_grid_point_once(databases, mlflow_server, tmp_path):
     temperatures = [1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0]
-    spec = _grid_spec(tmp_path, "grid12", temperatures)
+    # Trials of a few seconds each: the workers (which start cold) must get a share before the
+    # coordinator, already warm, has run the whole grid alone.
+    spec = _grid_spec(tmp_path, "grid12", temperatures, epochs=3, n_train=80)
     processes = _start_study_and_workers(spec, databases["optuna"], mlflow_server, tmp_path, "grid12", 3)
     for process in processes:
         assert process.wait(timeout=900) == 0, _logs(tmp_path)[-4000:]
