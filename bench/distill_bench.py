@@ -70,8 +70,12 @@ def _setup(sentences: int, layers: int = 4):
 def _time_steps(model, objective, split, batches, recipe_lr: float = 1e-4) -> list[float]:
     import torch
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters()] + (
-        list(objective.projections.parameters()) if objective.projections is not None else []), lr=recipe_lr)
+    from distill_lab.distill.engine import adamw_kernel
+
+    parameters = [p for p in model.parameters()] + (
+        list(objective.projections.parameters()) if objective.projections is not None else [])
+    # The optimizer every distill-lab run uses (fused AdamW kernel), so a step costs what it costs in a trial.
+    optimizer = torch.optim.AdamW(parameters, lr=recipe_lr, **adamw_kernel(parameters, torch.device("cpu"), True))
     model.train()
     times = []
     for indices in batches:
