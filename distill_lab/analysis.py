@@ -188,7 +188,10 @@ def compare_groups(frame: pd.DataFrame, factor: str, *, reference: str | None = 
     # Bootstrap of group means with the seed noise pooled over groups (see pooled_seed_noise):
     # resampling each group's own 3 seeds called equal groups "not within noise" ~20% of the time.
     noise = pooled_seed_noise(frame[score].to_numpy(), frame[factor].to_numpy())
-    if noise.size == 0:
+    # No group ran more than one seed: there is no noise estimate, so no interval and no verdict
+    # (a zero-width "CI" would call any difference real).
+    replicated = noise.size > 0
+    if not replicated:
         noise = np.zeros(1)
     rng = np.random.default_rng(seed)
     base = groups[reference]
@@ -196,12 +199,13 @@ def compare_groups(frame: pd.DataFrame, factor: str, *, reference: str | None = 
     for name, values in sorted(groups.items(), key=lambda item: -means[item[0]]):
         diffs = (means[name] + rng.choice(noise, (n_bootstrap, len(values))).mean(axis=1)) \
             - (means[reference] + rng.choice(noise, (n_bootstrap, len(base))).mean(axis=1))
-        low, high = float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+        low, high = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))) if replicated \
+            else (float("nan"), float("nan"))
         rows.append({
             factor: name, "n": len(values), "mean": means[name],
             "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
             f"diff_vs_{reference}": means[name] - means[reference], "ci_low": low, "ci_high": high,
-            "within_noise": bool(low <= 0 <= high) if name != reference else True,
+            "within_noise": (bool(low <= 0 <= high) if name != reference else True) if replicated else None,
         })
     return GroupComparison(factor, reference, rows)
 

@@ -454,6 +454,9 @@ def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: b
         frame = comparison.as_frame()
         for column in ("mean", "std", f"diff_vs_{comparison.reference}", "ci_low", "ci_high"):
             frame[column] = (frame[column] * 100).round(2)
+        unreplicated = frame["within_noise"].isna().all()
+        frame = frame.astype(object).where(frame.notna(), "-")
+        note = "\nEvery group ran one seed: no noise estimate, so no interval and no verdict.\n" if unreplicated else ""
         parts.append(f"### {study}: dev F1 by {factor} (vs {comparison.reference}, F1 points)\n\n"
-                     f"{frame.to_markdown(index=False)}\n")
+                     f"{frame.to_markdown(index=False)}\n{note}")
     return "\n".join(parts) if parts else "_no study searched distill.temperature, mappings or init strategies_\n"

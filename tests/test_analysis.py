@@ -163,3 +163,11 @@ def test_compare_groups_equal_groups_are_mostly_within_noise():
 def test_compare_groups_empty_is_an_error():
     with pytest.raises(ValueError):
         compare_groups(pd.DataFrame({"mapping": [], "dev_f1": []}), "mapping")
+
+
+def test_compare_groups_with_one_seed_per_group_gives_no_interval_and_no_verdict():
+    frame = pd.DataFrame({"mapping": ["a", "b", "c"], "dev_f1": [0.72, 0.70, 0.67]})
+    rows = {row["mapping"]: row for row in compare_groups(frame, "mapping", reference="a").rows}
+    assert rows["b"]["diff_vs_a"] == pytest.approx(-0.02)
+    assert all(np.isnan(row["ci_low"]) and np.isnan(row["ci_high"]) for row in rows.values())
+    assert all(row["within_noise"] is None for row in rows.values())
