@@ -403,9 +403,6 @@ def _log_artifacts(run: Any, result: Any, config: Any, ctx: StudyContext) -> Non
     gold = [list(s.tags or ()) for s in result.dev_sentences]
     figure = confusion_figure(gold, result.dev_predictions, result.labels)
     run.log_figure(figure, "confusion_matrix.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
     run.log_text(predictions_tsv(result.dev_sentences, result.dev_predictions), "sample_predictions.tsv")
 
 
