@@ -319,11 +319,6 @@ def write_atomic(path: Path, text: str) -> None:
         raise ReportError(f"{path}: cannot write ({err.strerror})") from None
 
 
-def update_region(path: Path, content: str) -> None:
-    """Replace only the text between the report markers; every other byte stays as it was."""
-    update_regions(path, lambda studies: content)
-
-
 def update_regions(path: Path, render: Callable[[list[str] | None], str | None]) -> list[list[str] | None]:
     """Rewrite every report region of `path` with `render(its studies)`; other bytes stay as they were.
 
