@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -191,11 +192,15 @@ def seed_rows(runs: pd.DataFrame) -> pd.DataFrame:
         "tags.setting": "setting", "tags.init": "init", "tags.mapping": "mapping", "tags.diagnosis": "diagnosis",
         "metrics.teacher_dev_f1": "teacher_dev_f1", "metrics.student_params": "student_params",
         "metrics.compression": "compression", "params.distill.temperature": "temperature",
+        "params.distill.alpha_soft": "alpha_soft", "params.distill.alpha_hidden": "alpha_hidden",
+        "params.distill.alpha_attention": "alpha_attention",
     }
     meta = trials[["run_id", *[c for c in columns if c in trials]]].rename(columns=columns)
     for name in columns.values():  # runs of older versions may lack a tag: keep the column
         if name not in meta:
             meta[name] = float("nan") if name in ("teacher_dev_f1", "student_params", "compression") else None
+    for name in ("alpha_soft", "alpha_hidden", "alpha_attention"):
+        meta[name] = pd.to_numeric(meta[name], errors="coerce")
     if "tags.student" in trials:
         meta["student_model"] = meta["student_model"].fillna(trials["tags.student"].str.split(",").str[0])
     rows = long.drop(columns="column").merge(meta, on="run_id", how="left")
@@ -390,21 +395,84 @@ def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent
     return results
 
 
-def group_sections(runs: pd.DataFrame) -> list[tuple[str, str, Any]]:
-    """Mapping and init comparisons for studies that searched them."""
+@dataclass(frozen=True)
+class GroupSection:
+    """One study's comparison of one factor, within each stratum of the other arms it varied."""
+
+    study: str
+    factor: str  # mapping | init | setting
+    reference: str
+    strata: list[str]  # the other varied columns; empty when nothing else varied
+    comparisons: list[tuple[tuple[Any, ...], Any]]  # (stratum values, GroupComparison)
+
+
+# Columns that name an arm, in the order strata are written. A mapping is part of its setting label,
+# so mappings are never stratified by setting.
+_ARM_COLUMNS = ("student_model", "setting", "init", "mapping")
+
+
+def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
+    """Group comparisons per study: mappings and inits where searched, and KD vs the no-KD arm.
+
+    Each factor is compared within strata of the other arm columns that vary in the study (e.g. init
+    within each student depth and setting), so a comparison never pools arms that differ in
+    something else: pooling depths made the seed noise look like 4 F1 points.
+    """
     from distill_lab.analysis import compare_groups
 
     rows = seed_rows(runs)
-    sections = []
+    sections: list[GroupSection] = []
     if rows.empty:
         return sections
+    rows = rows.assign(kd=_uses_teacher(rows))
     for study, group in rows.groupby("study"):
         searched = _searched(runs, study)
+        factors = []
         if "distill.layer_mapping" in searched and group["mapping"].nunique() > 1:
-            sections.append((study, "mapping", compare_groups(group, "mapping", reference="uniform")))
-        if "student.init.strategy" in searched and group["init"].nunique() > 1:
-            sections.append((study, "init", compare_groups(group, "init", reference="pretrained weights")))
+            factors.append(("mapping", "uniform"))
+        if searched & {"student.init", "student.init.strategy"} and group["init"].nunique() > 1:
+            factors.append(("init", "pretrained weights"))
+        plain = group.loc[~group["kd"], "setting"].dropna().unique()
+        if len(plain) == 1 and group["kd"].any():
+            factors.append(("setting", str(plain[0])))
+        for factor, reference in factors:
+            excluded = {factor, "setting"} if factor == "mapping" else {factor}
+            if factor == "setting":
+                excluded.add("mapping")
+            strata = [c for c in _ARM_COLUMNS if c not in excluded and group[c].nunique(dropna=False) > 1]
+            filled = group.assign(**{c: group[c].fillna("-") for c in strata})
+            parts = filled.groupby(strata, sort=True) if strata else [((), filled)]
+            comparisons = []
+            for key, stratum in parts:
+                if stratum[factor].nunique() < 2 or (factor == "setting" and reference not in set(stratum[factor])):
+                    continue
+                comparisons.append((key if isinstance(key, tuple) else (key,),
+                                    compare_groups(stratum, factor, reference=reference)))
+            if comparisons:
+                sections.append(GroupSection(str(study), factor, reference, strata, comparisons))
     return sections
+
+
+def section_frame(section: GroupSection) -> pd.DataFrame:
+    """The section's comparisons as one table (F1 points), one block of rows per stratum."""
+    frames = []
+    for key, comparison in section.comparisons:
+        frame = comparison.as_frame().rename(columns={f"diff_vs_{comparison.reference}": "diff"})
+        for column in ("mean", "std", "diff", "ci_low", "ci_high"):
+            frame[column] = (frame[column] * 100).round(2)
+        for name, value in reversed(list(zip(section.strata, key))):
+            frame.insert(0, name, value)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _uses_teacher(rows: pd.DataFrame) -> pd.Series:
+    """True where a run learns from the teacher (soft, hidden or attention loss), from its params."""
+    weights = [pd.to_numeric(rows[column], errors="coerce").fillna(0.0)
+               for column in ("alpha_soft", "alpha_hidden", "alpha_attention") if column in rows]
+    if not weights:
+        return pd.Series(True, index=rows.index)  # runs of older versions: assume distillation
+    return pd.concat(weights, axis=1).gt(0).any(axis=1)
 
 
 def _parent_run(runs: pd.DataFrame, study: str) -> str | None:
@@ -445,13 +513,14 @@ def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: b
             f"- T* = {t_star}, 95% bootstrap CI {ci} ({fit.bootstrap} resamples of seeds)\n"
             f"- curvature {fit.curvature:.4f}, 95% CI [{fit.curvature_ci[0]:.4f}, {fit.curvature_ci[1]:.4f}]\n"
             f"- **verdict: {fit.verdict}** — {fit.detail}\n")
-    for study, factor, comparison in group_sections(runs):
-        frame = comparison.as_frame()
-        for column in ("mean", "std", f"diff_vs_{comparison.reference}", "ci_low", "ci_high"):
-            frame[column] = (frame[column] * 100).round(2)
+    titles = {"mapping": "mapping", "init": "init", "setting": "setting (KD vs no KD)"}
+    for section in group_sections(runs):
+        frame = section_frame(section)
+        frame = frame.rename(columns={"diff": f"diff_vs_{section.reference}"})
         unreplicated = frame["within_noise"].isna().all()
         frame = frame.astype(object).where(frame.notna(), "-")
         note = "\nEvery group ran one seed: no noise estimate, so no interval and no verdict.\n" if unreplicated else ""
-        parts.append(f"### {study}: dev F1 by {factor} (vs {comparison.reference}, F1 points)\n\n"
-                     f"{frame.to_markdown(index=False)}\n{note}")
-    return "\n".join(parts) if parts else "_no study searched distill.temperature, mappings or init strategies_\n"
+        within = f", within each {' / '.join(section.strata)}" if section.strata else ""
+        parts.append(f"### {section.study}: dev F1 by {titles[section.factor]}{within} "
+                     f"(vs {section.reference}, F1 points)\n\n{frame.to_markdown(index=False)}\n{note}")
+    return "\n".join(parts) if parts else "_no study searched distill.temperature, mappings or init strategies, or ran a no-KD arm_\n"

@@ -56,8 +56,9 @@ class FakeStudy:
     search_space: dict[str, Any] = field(default_factory=dict)
 
 
-def _setting(temperature: float, alpha_hidden: float, mapping: str) -> str:
-    text = f"T={temperature:.3g} a=0.2/0.8/{alpha_hidden:.2g}"
+def _setting(temperature: float, alpha_hidden: float, mapping: str, alpha_hard: float = 0.2,
+             alpha_soft: float = 0.8) -> str:
+    text = f"T={temperature:.3g} a={alpha_hard:.2g}/{alpha_soft:.2g}/{alpha_hidden:.2g}"
     if alpha_hidden:
         text += f" map={mapping}"
     return text
@@ -68,7 +69,8 @@ def _param(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _config_params(temperature: float, mapping: str, init: str, alpha_hidden: float, seed: int) -> dict[str, Any]:
+def _config_params(temperature: float, mapping: str, init: str, alpha_hidden: float, seed: int,
+                   alpha_hard: float = 0.2, alpha_soft: float = 0.8) -> dict[str, Any]:
     return {
         "name": "fake", "data.source": "conll", "data.path": "data/conll2003", "data.max_train_sentences": 2000,
         "data.max_eval_sentences": 1000, "data.max_length": 128, "data.transfer": None,
@@ -77,7 +79,7 @@ def _config_params(temperature: float, mapping: str, init: str, alpha_hidden: fl
         "student.init.strategy": init, "student.init.layers": "uniform", "student.init.checkpoint": None,
         "training.epochs": 2.0, "training.learning_rate": 1e-4, "training.batch_size": 32,
         "training.seed": seed, "training.eval_every": 50, "training.device": "auto",
-        "distill.temperature": float(temperature), "distill.alpha_hard": 0.2, "distill.alpha_soft": 0.8,
+        "distill.temperature": float(temperature), "distill.alpha_hard": alpha_hard, "distill.alpha_soft": alpha_soft,
         "distill.alpha_hidden": alpha_hidden, "distill.alpha_attention": 0.0, "distill.hidden_loss": "mse",
         "distill.layer_mapping.strategy": mapping, "distill.layer_mapping.pairs": None,
         "distill.class_weights": "none", "diagnosis.overfit_gap": 0.15, "diagnosis.random_floor": 0.05,
@@ -173,6 +175,7 @@ def log_fake_study(
     mapping_effect: Mapping[str, float] | None = None,
     inits: Sequence[str] | None = None,
     init_effect: Mapping[str, float] | None = None,
+    no_kd_effect: Mapping[str, float] | None = None,
     search_space: dict[str, Any] | None = None,
     teacher_dev_f1: float = 0.905,
     teacher_test_f1: float = 0.872,
@@ -188,6 +191,8 @@ def log_fake_study(
     mapping appears in the setting; `inits` are strategies (teacher | pretrained | random).
     `last_dev_drop` > 0 makes every dev F1 history end that much below its best; `ui_dev_f1=False`
     leaves out the final `dev_f1 = mean best` point, so the run's latest dev_f1 is the last eval.
+    `no_kd_effect` given (per init) -> each init also has a no-KD arm (T=1, alpha hard/soft 1/0, no
+    hidden loss) scoring score(first T) + mapping/init effects + no_kd_effect[init].
     """
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -206,6 +211,10 @@ def log_fake_study(
             search_space["distill.layer_mapping"] = {"type": "mapping_strategy", "choices": mapping_list}
         if inits:
             search_space["student.init.strategy"] = {"type": "grid", "values": init_list}
+        if no_kd_effect is not None:
+            search_space["distill"] = {"type": "grid", "values": [
+                {"temperature": 1.0, "alpha_hard": 1.0, "alpha_soft": 0.0},
+                {"temperature": float(temperatures[0]), "alpha_hard": 0.2, "alpha_soft": 0.8}]}
 
     root = artifact_root(tracking_uri)
     experiment_id = client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
@@ -233,10 +242,12 @@ def log_fake_study(
     number = 0
     for init in init_list:
         for mapping in mapping_list:
-            for temperature in temperatures:
-                base = score(float(temperature)) + (mapping_effect or {}).get(mapping, 0.0) \
-                    + (init_effect or {}).get(init, 0.0)
-                setting = _setting(float(temperature), alpha_hidden, mapping)
+            arms = [(float(t), 0.2, 0.8, alpha_hidden, score(float(t))) for t in temperatures]
+            if no_kd_effect is not None:
+                arms.insert(0, (1.0, 1.0, 0.0, 0.0, score(float(temperatures[0])) + no_kd_effect.get(init, 0.0)))
+            for temperature, alpha_hard, alpha_soft, hidden, arm_score in arms:
+                base = arm_score + (mapping_effect or {}).get(mapping, 0.0) + (init_effect or {}).get(init, 0.0)
+                setting = _setting(temperature, hidden, mapping, alpha_hard, alpha_soft)
                 init_name = INIT_NAMES.get(init, init)
                 tags = {
                     "role": "trial", "study": name, "trial_number": str(number), "optuna_trial_id": str(number + 1),
@@ -254,7 +265,7 @@ def log_fake_study(
                     sampled["distill.layer_mapping"] = {"strategy": mapping, "pairs": None, "groups": None}
                 if "student.init.strategy" in search_space:
                     sampled["student.init.strategy"] = init
-                params = {**_config_params(temperature, mapping, init, alpha_hidden, seeds[0]),
+                params = {**_config_params(temperature, mapping, init, hidden, seeds[0], alpha_hard, alpha_soft),
                           "study.seeds": list(seeds), "optuna.trial_number": number,
                           "optuna.params": json.dumps(sampled)}
                 param_items = [Param(k, _param(v)) for k, v in sorted(params.items())]

@@ -484,3 +484,69 @@ def test_load_runs_filters_studies(store):
     runs = reporting.load_runs(store.uri, ["layer_mapping"])
     assert set(runs["tags.study"]) == {"layer_mapping"}
     assert sorted(runs["tags.role"].value_counts().items()) == [("study", 1), ("teacher", 1), ("trial", 4)]
+
+
+# --------------------------------------------------------------------------- KD vs no KD, strata
+@pytest.fixture(scope="module")
+def headline(tmp_path_factory) -> tuple[str, FakeStudy]:
+    """Pretrained vs teacher init x no KD vs KD: KD gains 3 points with teacher init, nothing with pretrained."""
+    uri = new_store(tmp_path_factory.mktemp("headline_store"))
+    study = log_fake_study(uri, "headline", temperatures=(6,), inits=["pretrained", "teacher"],
+                           init_effect={"teacher": 0.05}, no_kd_effect={"pretrained": 0.0, "teacher": -0.03},
+                           rng_seed=3)
+    return uri, study
+
+
+def _expected_means(study: FakeStudy) -> dict[tuple[str, str], float]:
+    means = study.values.groupby(["init_name", "setting"])["dev_f1"].mean() * 100
+    return {key: float(value) for key, value in means.items()}
+
+
+def test_kd_is_compared_with_the_no_kd_arm_within_each_init(headline):
+    uri, study = headline
+    sections = {section.factor: section for section in reporting.group_sections(reporting.load_runs(uri))}
+    assert set(sections) == {"init", "setting"}
+    kd = sections["setting"]
+    assert kd.reference == "T=1 a=1/0/0" and kd.strata == ["init"]
+    frame = reporting.section_frame(kd)
+    means = _expected_means(study)
+    assert len(frame) == 4  # 2 inits x (KD, no KD)
+    for row in frame.to_dict("records"):
+        assert row["mean"] == pytest.approx(means[(row["init"], row["setting"])], abs=0.006)
+        expected_diff = means[(row["init"], row["setting"])] - means[(row["init"], "T=1 a=1/0/0")]
+        assert row["diff"] == pytest.approx(expected_diff, abs=0.006)
+        assert row["ci_low"] <= row["diff"] <= row["ci_high"]
+    gained = frame[(frame["init"] == "fine-tuned teacher weights") & (frame["setting"] == "T=6 a=0.2/0.8/0")].iloc[0]
+    assert 2.0 < gained["diff"] < 4.0 and gained["ci_low"] > 0 and not gained["within_noise"]
+    plain_rows = frame[frame["setting"] == "T=1 a=1/0/0"]
+    assert (plain_rows["diff"] == 0).all() and plain_rows["within_noise"].all()
+
+
+def test_init_is_compared_within_each_setting_not_pooled(headline):
+    uri, study = headline
+    sections = {section.factor: section for section in reporting.group_sections(reporting.load_runs(uri))}
+    init = sections["init"]
+    assert init.reference == "pretrained weights" and init.strata == ["setting"]
+    frame = reporting.section_frame(init).set_index(["setting", "init"])
+    means = _expected_means(study)
+    # Teacher init: +5 points without KD... +8 with it (the KD gain only exists for the teacher init).
+    for setting, gap in (("T=1 a=1/0/0", 2.0), ("T=6 a=0.2/0.8/0", 5.0)):
+        diff = frame.loc[(setting, "fine-tuned teacher weights"), "diff"]
+        assert diff == pytest.approx(means[("fine-tuned teacher weights", setting)]
+                                     - means[("pretrained weights", setting)], abs=0.006)
+        assert diff == pytest.approx(gap, abs=1.0)
+
+
+def test_analysis_markdown_names_the_strata(headline, monkeypatch, capsys):
+    uri, _ = headline
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--tracking-uri", uri)
+    assert code == 0, err
+    assert "### headline: dev F1 by setting (KD vs no KD), within each init (vs T=1 a=1/0/0, F1 points)" in out
+    assert "### headline: dev F1 by init, within each setting (vs pretrained weights, F1 points)" in out
+    header, rows = markdown_rows(out.split("### headline: dev F1 by setting")[1])
+    assert header[:3] == ["init", "setting", "n"] and len(rows) == 4
+
+
+def test_a_study_without_a_no_kd_arm_gets_no_kd_comparison(store):
+    factors = {(section.study, section.factor) for section in reporting.group_sections(reporting.load_runs(store.uri))}
+    assert factors == {("layer_mapping", "mapping"), ("init_strategy", "init")}
