@@ -201,6 +201,16 @@ def study_status(spec_or_name: str = typer.Argument(..., help="A spec file or a 
     print_status(spec_or_name, storage, out)
 
 
+@study_app.command("best")
+def study_best(spec_or_name: str = typer.Argument(..., help="A spec file or a study name."),
+               storage: Optional[str] = StorageOption,
+               as_set: bool = typer.Option(False, "--as-set", help="Print KEY=VALUE lines usable as --set.")) -> None:
+    """Print the best COMPLETE trial: number, dev F1, MLflow run and its searched values."""
+    from distill_lab.study_runner import print_best
+
+    print_best(spec_or_name, storage, as_set, out)
+
+
 @trial_app.command("rerun")
 def trial_rerun(study_name: str = typer.Argument(..., help="Study name."),
                 trial_number: Optional[int] = typer.Argument(None, help="Trial number."),

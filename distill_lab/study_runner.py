@@ -174,6 +174,36 @@ def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
     out.print(_study_line(study))
 
 
+def best_params(spec_or_name: str, storage: str | None) -> dict[str, Any]:
+    """The best COMPLETE trial of a study: number, value and its search-space values by dotted key.
+
+    The values are the resolved ones (a sampled monotone mapping comes back as the explicit pairs it
+    stands for), so `KEY=VALUE` lines of them are valid `--set` overrides for another spec, e.g. to
+    rerun the winner of a search with more seeds.
+    """
+    name = _resolve_name(spec_or_name)
+    storage_url = storage or driver.default_storage()
+    study = driver.load_study(name, storage_url)
+    trial = driver.best_trial(study)
+    if trial is None:
+        raise DistillLabError(f"study {name!r} has no COMPLETE trial yet (see `distill-lab study status {name}`)")
+    spec = driver.spec_of(study)
+    n_teacher, n_student = driver.layer_counts(spec)
+    ctx = driver.StudyContext(spec, storage_url, "", 1, n_teacher, n_student)
+    params = driver.rerun_params(study, trial, ctx)
+    return {"study": name, "trial": trial.number, "value": trial.value,
+            "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""), "params": params}
+
+
+def print_best(spec_or_name: str, storage: str | None, as_set: bool, out: Console) -> None:
+    best = best_params(spec_or_name, storage)
+    if as_set:
+        for key, value in best["params"].items():
+            out.print(f"{key}={json.dumps(value, sort_keys=True)}", markup=False, highlight=False, soft_wrap=True)
+        return
+    out.print(json.dumps(best, indent=2, sort_keys=True, default=str), markup=False, highlight=False, soft_wrap=True)
+
+
 def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, storage: str | None,
                 tracking_uri: str | None, as_json: bool, out: Console, console: Console) -> int:
     """Replay a trial's params and seeds; print recorded vs re-run dev F1 per seed."""

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from distill_lab import naming, pipeline
 from distill_lab import study as driver
-from distill_lab.errors import SpecError
+from distill_lab.errors import DistillLabError, SpecError
 from distill_lab.spec import parse_spec, set_dotted
 from distill_lab.study_runner import run_study
 from distill_lab.tracking import Tracker
@@ -521,6 +521,40 @@ def test_trial_rerun_reproduces_each_seeds_dev_f1_to_4_decimals(store, capsys):
         assert row["recorded_dev_f1"] == recorded[str(row["seed"])]
         assert round(row["rerun_dev_f1"], 4) == round(row["recorded_dev_f1"], 4)
     assert any(row["rerun_dev_f1"] > 0 for row in report["seeds"])
+
+
+def test_study_best_prints_the_winning_mapping_as_a_set_override_for_another_spec(store, capsys):
+    from distill_lab import cli
+    from distill_lab.spec import resolve
+
+    search = {"distill.layer_mapping": {"type": "monotone_mapping", "pin_ends": False}}
+    ctx = _ctx(_spec({"study.n_trials": 3, "distill.alpha_hidden": 1.0, "study.search_space": search}), store)
+    assert _run(ctx)[0] == 0
+    study = _load(store)
+    best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    capsys.readouterr()
+    assert cli.app(["study", "best", "unit_study", "--storage", store.journal], standalone_mode=False) in (0, None)
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["trial"], shown["value"]) == (best.number, best.value)
+    assert shown["mlflow_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert cli.app(["study", "best", "unit_study", "--storage", store.journal, "--as-set"],
+                   standalone_mode=False) in (0, None)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distill.layer_mapping=")
+    # The override gives another spec exactly the mapping the best trial trained with.
+    rerun = parse_spec(_raw({"name": "rerun_best", "distill.alpha_hidden": 1.0}), overrides=lines, source="test")
+    mapping = resolve(rerun).distill.layer_mapping
+    recorded = driver.rerun_params(study, best, ctx)["distill.layer_mapping"]
+    assert mapping.strategy == "explicit" and [list(p) for p in mapping.pairs] == [list(p) for p in recorded["pairs"]]
+
+
+def test_study_best_without_a_complete_trial_is_one_clear_error(store, capsys):
+    from distill_lab.study_runner import best_params
+
+    ctx = _ctx(_spec(), store)
+    driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    with pytest.raises(DistillLabError, match="no COMPLETE trial yet"):
+        best_params("unit_study", store.journal)
 
 
 # --------------------------------------------------------------------------- 11. kill -9 and resume
