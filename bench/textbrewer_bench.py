@@ -3,6 +3,7 @@
     .venv/bin/pip install -e ".[bench]"        # textbrewer (+ tensorboardX, which it imports)
     DISTILL_LAB_DATA_DIR=../shared/data .venv/bin/python bench/textbrewer_bench.py epoch [--epochs 1]
     DISTILL_LAB_DATA_DIR=../shared/data .venv/bin/python bench/textbrewer_bench.py sweep [--epochs 1]
+    DISTILL_LAB_DATA_DIR=../shared/data DISTILL_LAB_HOME=results/.distill_lab .venv/bin/python bench/textbrewer_bench.py recipe
 
 `epoch`: CoNLL-2003 first 2,000 train sentences, MiniLM-L6 teacher (fine-tuned once, cached) ->
 4-layer student (teacher init), soft loss (T=4) + hidden-state MSE on the 4 uniformly mapped
@@ -15,6 +16,15 @@ whenever intermediate layers are matched. Both students are scored with the same
 `sweep`: T in {1, 2, 3, 4, 6, 8, 12, 16, 24} x seeds {1, 2}, logits-only KD, 3-layer student:
 distill-lab's trials (`run_distillation`, cache in memory across trials) vs the same 18 trials as a
 loop of TextBrewer runs (each re-running its teacher), each scored on dev, test and the train sample.
+
+`recipe`: TextBrewer's own CoNLL-2003 recipe (its examples/conll2003_example: run_ner_distill.py and
+run_conll2003_distill_T3.sh) on the teacher of studies/headline_full.yaml (fine-tuned once, shared
+with `make results` through DISTILL_LAB_HOME): the student is the fine-tuned teacher cut to its first
+3 layers (classifier kept), GeneralDistiller with DistillationConfig(temperature=8) and nothing else
+(soft cross-entropy only, no hard loss, no T^2 factor) over every attended sub-token, AdamW with no
+weight decay, linear warmup over 10 % then linear decay, no gradient clipping, batch 32 in random
+order, 2 epochs at lr 1e-4 (the script's values; --epochs / --lr change them), seed 42. Scored with
+distill-lab's seqeval code on the full dev and test sets.
 """
 
 from __future__ import annotations
@@ -258,18 +268,101 @@ def bench_sweep(args: argparse.Namespace) -> None:
           "(target <= 0.5)")
 
 
+class TokenLevel:
+    """TextBrewer's CoNLL example feeds the distiller token-level logits masked by the attention mask."""
+
+    def __new__(cls, model):
+        import torch
+
+        class _Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, **_):
+                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask)
+                return {"logits": outputs.logits, "mask": attention_mask}
+
+        return _Wrapped()
+
+
+def _token_adaptor(batch, outputs):
+    return {"logits": [outputs["logits"]], "logits_mask": [outputs["mask"]]}
+
+
+def bench_recipe(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from distill_lab.data.align import encode_sentences
+    from distill_lab.data.loader import load_corpus
+    from distill_lab.evaluation import evaluate
+    from distill_lab.pipeline import build_student, seed_everything
+    from distill_lab.spec import load_spec, resolve
+    from distill_lab.teacher import prepare_teacher
+
+    textbrewer = _textbrewer()
+    spec = load_spec(ROOT / "studies" / "headline_full.yaml",
+                     ["student.init={strategy: teacher, layers: first}", f"training.seed={args.seed}",
+                      *args.overrides])
+    config = resolve(spec)
+    corpus = load_corpus(config.data)
+    teacher = prepare_teacher(config, corpus, device=torch.device("cpu"))  # the cached headline teacher
+    teacher.model.eval()
+    print(f"teacher dev F1 {teacher.dev_f1 * 100:.2f} (fingerprint {teacher.fingerprint[:12]})", flush=True)
+    seed_everything(args.seed)
+    student, tokenizer, init = build_student(config, teacher, corpus.labels)
+    print(f"student: {init.strategy} init, layers {[source for _, source in init.layer_pairs]}, "
+          f"classifier copied: {init.classifier_copied}", flush=True)
+    label2id = {label: i for i, label in enumerate(corpus.labels)}
+    encode = lambda sentences: encode_sentences(sentences, tokenizer, label2id, config.data.max_length)  # noqa: E731
+    train_split, dev, test = encode(corpus.train), encode(corpus.dev), encode(corpus.test)
+    generator = torch.Generator().manual_seed(args.seed)
+    batches = []
+    for _ in range(math.ceil(args.epochs)):  # RandomSampler order, a new permutation each epoch
+        order = torch.randperm(len(train_split), generator=generator).tolist()
+        batches += [train_split.batch(order[i:i + 32]) for i in range(0, len(order), 32)]
+    batches = batches[:int(args.epochs * math.ceil(len(train_split) / 32))]
+    output_dir = tempfile.mkdtemp(prefix="textbrewer-")
+    train_config = textbrewer.TrainingConfig(device="cpu", log_dir=None, output_dir=output_dir,
+                                             ckpt_steps=len(batches))
+    distill_config = textbrewer.DistillationConfig(temperature=8)
+    distiller = textbrewer.GeneralDistiller(train_config, distill_config, TokenLevel(teacher.model),
+                                            TokenLevel(student), _token_adaptor, _token_adaptor)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, eps=1e-8)
+    started = time.perf_counter()
+    with distiller:
+        distiller.train(optimizer, batches, num_steps=len(batches), scheduler_class=get_linear_schedule_with_warmup,
+                        scheduler_args={"num_warmup_steps": int(0.1 * len(batches)),
+                                        "num_training_steps": len(batches)})
+    seconds = time.perf_counter() - started
+    for leftover in Path(output_dir).glob("*.pkl"):
+        leftover.unlink()
+    student.eval()
+    dev_scores, _ = evaluate(student, dev, corpus.labels)
+    test_scores, _ = evaluate(student, test, corpus.labels)
+    print(f"TextBrewer CoNLL recipe, seed {args.seed}, {len(batches)} steps ({args.epochs:g} epochs, lr {args.lr:g}): "
+          f"dev F1 {dev_scores.f1 * 100:.2f}  test F1 {test_scores.f1 * 100:.2f}  train {seconds:.0f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["epoch", "sweep"])
+    parser.add_argument("command", choices=["epoch", "sweep", "recipe"])
     parser.add_argument("--sentences", type=int, default=2000)
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=None, help="default 1 (epoch, sweep), 2 (recipe)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="recipe only")
+    parser.add_argument("--seed", type=int, default=42, help="recipe only")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="recipe only: KEY=VALUE override of studies/headline_full.yaml (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.epochs is None:
+        args.epochs = 2.0 if args.command == "recipe" else 1.0
     import torch
 
     torch.set_num_threads(args.threads)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}", flush=True)
-    {"epoch": bench_epoch, "sweep": bench_sweep}[args.command](args)
+    {"epoch": bench_epoch, "sweep": bench_sweep, "recipe": bench_recipe}[args.command](args)
 
 
 if __name__ == "__main__":
