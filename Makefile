@@ -52,7 +52,7 @@ results: $(STAMP)
 	done
 	# Each region of docs/results.md names its studies (<!-- distill-lab:report:begin studies=... -->).
 	cd results && ../$(BIN)/distill-lab report --analysis --update ../docs/results.md
-	for study in temperature_convexity layer_mapping init_strategy; do \
+	for study in temperature_convexity layer_mapping init_strategy headline_full; do \
 		(cd results && ../$(BIN)/distill-lab dashboard build $$study --out ../docs/img/$$study) || exit 1; \
 	done
 

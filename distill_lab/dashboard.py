@@ -140,7 +140,11 @@ def build(study: str, tracking_uri: str, out_dir: Path) -> dict[str, Path]:
     parallel = parallel_plot(trials)
     if parallel is not None:
         figures.append(parallel)
-    for factor, title in (("mapping", "dev F1 by layer mapping"), ("init", "dev F1 by student init")):
+    if not rows.empty and (~reporting.uses_teacher(rows)).any() and rows["setting"].nunique() > 1:
+        # A study with a no-KD arm: one box per (init, setting), so KD and no KD sit side by side.
+        rows = rows.assign(arm=rows["init"].fillna("?") + " | " + rows["setting"].fillna("?"))
+    for factor, title in (("mapping", "dev F1 by layer mapping"), ("init", "dev F1 by student init"),
+                          ("arm", "dev F1 by init | setting (no KD: a=1/0/0)")):
         figure = group_plot(rows, factor, title)
         if figure is not None:
             figures.append(figure)
@@ -187,7 +191,7 @@ def _save_group_png(rows: pd.DataFrame, factor: str, title: str, path: Path) -> 
     import matplotlib.pyplot as plt
 
     groups = [(name, group["dev_f1"].to_numpy() * 100) for name, group in rows.groupby(factor)]
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    figure, axes = plt.subplots(figsize=(max(6.4, 1.9 * len(groups)), 4.0))
     # Wrapped, not cut: "fine-tuned teacher weights" must stay readable under its box.
     labels = [textwrap.fill(str(name), 18) for name, _ in groups]
     axes.boxplot([values for _, values in groups], tick_labels=labels)

@@ -424,7 +424,7 @@ def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
     sections: list[GroupSection] = []
     if rows.empty:
         return sections
-    rows = rows.assign(kd=_uses_teacher(rows))
+    rows = rows.assign(kd=uses_teacher(rows))
     for study, group in rows.groupby("study"):
         searched = _searched(runs, study)
         factors = []
@@ -466,7 +466,7 @@ def section_frame(section: GroupSection) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _uses_teacher(rows: pd.DataFrame) -> pd.Series:
+def uses_teacher(rows: pd.DataFrame) -> pd.Series:
     """True where a run learns from the teacher (soft, hidden or attention loss), from its params."""
     weights = [pd.to_numeric(rows[column], errors="coerce").fillna(0.0)
                for column in ("alpha_soft", "alpha_hidden", "alpha_attention") if column in rows]

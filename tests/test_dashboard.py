@@ -41,6 +41,22 @@ def test_build_writes_page_and_pngs(dashboard):
     assert "init_png" not in written  # a single init: no init comparison
 
 
+def test_a_study_with_a_no_kd_arm_gets_one_box_per_init_and_setting(tmp_path):
+    from distill_lab.dashboard import build
+
+    uri = new_store(tmp_path / "store")
+    log_fake_study(uri, "kd_vs_plain", temperatures=(6,), inits=["pretrained", "teacher"],
+                   no_kd_effect={"pretrained": 0.0, "teacher": -0.03}, rng_seed=4)
+    written = build("kd_vs_plain", uri, tmp_path / "site")
+    assert {"arm_png", "init_png"} <= set(written)
+    assert written["arm_png"].read_bytes().startswith(PNG_MAGIC) and written["arm_png"].stat().st_size > 5_000
+    page = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    page = page.replace("\\u002f", "/")  # plotly's JSON escapes slashes
+    assert "dev F1 by init | setting (no KD: a=1/0/0)" in page
+    for arm in ("pretrained weights | T=1 a=1/0/0", "fine-tuned teacher weights | T=6 a=0.2/0.8/0"):
+        assert arm in page
+
+
 def test_page_is_self_contained(dashboard):
     out, _ = dashboard
     page = (out / "index.html").read_text(encoding="utf-8")
