@@ -449,7 +449,10 @@ def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
                 comparisons.append((key if isinstance(key, tuple) else (key,),
                                     compare_groups(stratum, factor, reference=reference)))
             if comparisons:
-                sections.append(GroupSection(str(study), factor, reference, strata, comparisons))
+                # compare_groups falls back to the best group where the reference did not run.
+                used = {comparison.reference for _, comparison in comparisons}
+                shown = used.pop() if len(used) == 1 else "the best group of each stratum"
+                sections.append(GroupSection(str(study), factor, shown, strata, comparisons))
     return sections
 
 

@@ -550,3 +550,16 @@ def test_analysis_markdown_names_the_strata(headline, monkeypatch, capsys):
 def test_a_study_without_a_no_kd_arm_gets_no_kd_comparison(store):
     factors = {(section.study, section.factor) for section in reporting.group_sections(reporting.load_runs(store.uri))}
     assert factors == {("layer_mapping", "mapping"), ("init_strategy", "init")}
+
+
+def test_a_mapping_study_without_uniform_is_compared_with_its_best_mapping(tmp_path, monkeypatch, capsys):
+    uri = new_store(tmp_path)
+    log_fake_study(uri, "no_uniform", temperatures=(4,), mappings=["last", "skip"], mapping_effect={"last": -0.03},
+                   rng_seed=5)
+    (section,) = reporting.group_sections(reporting.load_runs(uri))
+    assert (section.factor, section.reference) == ("mapping", "skip")
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--tracking-uri", uri)
+    assert code == 0, err
+    assert "### no_uniform: dev F1 by mapping (vs skip, F1 points)" in out
+    header, rows = markdown_rows(out.split("### no_uniform: dev F1 by mapping")[1])
+    assert "diff_vs_skip" in header
