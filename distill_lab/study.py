@@ -468,11 +468,15 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
             optuna.storages.fail_stale_trials(study)
             end_orphan_runs(study, tracker, experiment_id)
         trial = study.ask()
-        if not grid and _surplus(study, trial, ctx.n_trials):
+        if _surplus(study, trial, ctx.n_trials, grid=grid):
             # Workers that checked the count at the same moment: the earlier trials already make up
-            # n_trials, so this one is not run (recorded FAIL with its reason, nothing tracked).
-            trial.set_user_attr("fail_reason", f"surplus: {ctx.n_trials} trials were already finished or running")
+            # n_trials (or took the last queued grid point), so this one is not run (recorded FAIL
+            # with its reason, nothing tracked) -- a grid sampler would otherwise rerun a done point.
+            trial.set_user_attr("fail_reason", "surplus: every grid point was already taken" if grid
+                                else f"surplus: {ctx.n_trials} trials were already finished or running")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if grid:
+                continue  # a dead worker's point may still come back to the queue: look again
             break
         value = None
         try:
@@ -509,7 +513,12 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
             on_trial(study)
 
 
-def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, *, grid: bool = False) -> bool:
+    if grid:
+        # Every grid point is enqueued up front (enqueue_missing_grid_points): a trial that did not
+        # come from the queue was created because another worker took the last queued point
+        # between this worker's count and its ask.
+        return "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id)
     earlier = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
                if t.number < trial.number]
     return len(earlier) >= n_trials

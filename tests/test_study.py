@@ -344,6 +344,7 @@ def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumab
 
 
 def test_tracker_run_interrupted_while_closing_ends_killed_then_reraises(store):
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs in a background job
     tracker = Tracker(store.uri)
     experiment_id = tracker.ensure_experiment("closing")
     with pytest.raises(KeyboardInterrupt):
@@ -352,7 +353,7 @@ def test_tracker_run_interrupted_while_closing_ends_killed_then_reraises(store):
             # SIGTERM while queued metrics are being flushed: the run is still closed, KILLED.
             handle.flush = lambda: signal.raise_signal(signal.SIGINT)
     assert tracker.client.get_run(run_id).info.status == "KILLED"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers are restored
 
 
 def test_work_interrupt_after_the_run_finished_keeps_the_trial_complete(store, monkeypatch):
@@ -426,7 +427,9 @@ def test_study_run_grid_with_two_workers_runs_every_point_exactly_once(store):
     assert result.returncode == 0, output
     assert "database is locked" not in output and "Traceback" not in output
     study = _load(store, "grid_study")
-    trials = study.get_trials()
+    # A worker that asks just after the other took the last queued point records a surplus FAIL and
+    # runs nothing; every point runs exactly once.
+    trials = [t for t in study.get_trials() if not t.user_attrs.get("fail_reason", "").startswith("surplus")]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert sorted(t.params["distill.temperature"] for t in trials) == [1, 2, 4, 8]
     client = _client(store)
@@ -521,6 +524,20 @@ def test_trial_rerun_reproduces_each_seeds_dev_f1_to_4_decimals(store, capsys):
         assert row["recorded_dev_f1"] == recorded[str(row["seed"])]
         assert round(row["rerun_dev_f1"], 4) == round(row["recorded_dev_f1"], 4)
     assert any(row["rerun_dev_f1"] > 0 for row in report["seeds"])
+
+
+def test_a_grid_trial_not_taken_from_the_queue_is_surplus_and_runs_nothing(store):
+    grid = {"distill.temperature": {"type": "grid", "values": [1, 2]}}
+    ctx = _ctx(_spec({"study.sampler": "grid", "study.search_space": grid}), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    assert driver.enqueue_missing_grid_points(study, ctx.spec) == 2  # as `study run` does before workers start
+    queued = [study.ask(), study.ask()]  # two workers take the two queued points
+    assert [driver._surplus(study, t, ctx.n_trials, grid=True) for t in queued] == [False, False]
+    late = study.ask()  # a third asked after the queue was empty: the grid sampler would rerun a point
+    assert driver._surplus(study, late, ctx.n_trials, grid=True) is True
+    # After a dead worker's point is re-queued, the trial that takes it is not surplus.
+    study.enqueue_trial({"distill.temperature": 2})
+    assert driver._surplus(study, study.ask(), ctx.n_trials, grid=True) is False
 
 
 def test_study_best_prints_the_winning_mapping_as_a_set_override_for_another_spec(store, capsys):
