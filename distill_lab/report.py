@@ -436,9 +436,8 @@ def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
         if len(plain) == 1 and group["kd"].any():
             factors.append(("setting", str(plain[0])))
         for factor, reference in factors:
-            excluded = {factor, "setting"} if factor == "mapping" else {factor}
-            if factor == "setting":
-                excluded.add("mapping")
+            # A mapping is part of its setting label: neither is a stratum of the other.
+            excluded = {factor} | ({"setting", "mapping"} if factor in ("setting", "mapping") else set())
             strata = [c for c in _ARM_COLUMNS if c not in excluded and group[c].nunique(dropna=False) > 1]
             filled = group.assign(**{c: group[c].fillna("-") for c in strata})
             parts = filled.groupby(strata, sort=True) if strata else [((), filled)]
