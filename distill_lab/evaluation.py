@@ -9,6 +9,7 @@ import torch
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
 from distill_lab.data.align import EncodedSplit, bucketed_batches, gather_words
+from distill_lab.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,16 @@ def score(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str], *, batch_size: int = 64,
-            device: torch.device | str = "cpu") -> list[list[str]]:
+            device: torch.device | str = "cpu", precision: str = "fp32") -> list[list[str]]:
     """Word-level tags; words cut off by max_length are predicted 'O' (so they count as misses)."""
     was_training = model.training
     model.eval()
     predictions: list[list[str]] = [[] for _ in range(len(split))]
     for indices in bucketed_batches(split.lengths, batch_size, seed=0, epoch=0, shuffle=False):
         batch = split.batch(indices)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        with autocast(device, precision):
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
         word_ids = gather_words(logits, batch["word_positions"].to(device)).argmax(-1).cpu()
         for row, index in enumerate(indices):
             n_kept = len(split.encoded[index].word_positions)
@@ -72,8 +75,8 @@ def predict(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str], 
 
 
 def evaluate(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str], *, batch_size: int = 64,
-             device: torch.device | str = "cpu") -> tuple[Scores, list[list[str]]]:
-    predicted = predict(model, split, labels, batch_size=batch_size, device=device)
+             device: torch.device | str = "cpu", precision: str = "fp32") -> tuple[Scores, list[list[str]]]:
+    predicted = predict(model, split, labels, batch_size=batch_size, device=device, precision=precision)
     gold = [list(sentence.tags or ()) for sentence in split.sentences]
     return score(gold, predicted), predicted
 

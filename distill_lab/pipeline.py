@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from distill_lab import models
+from distill_lab import models, precision
 from distill_lab.data.align import EncodedSplit, encode_sentences
 from distill_lab.data.corpus import NerCorpus
 from distill_lab.data.loader import load_corpus, training_sentences
@@ -47,6 +47,7 @@ class RunResult:
     wall_seconds: float
     dev_predictions: list[list[str]] = field(default_factory=list)
     dev_sentences: list[Any] = field(default_factory=list)
+    precision: str = "fp32"  # what the run really used (training.precision 'auto' resolved)
 
     @property
     def retention(self) -> float:
@@ -80,6 +81,8 @@ class RunResult:
             "best_step": self.train_result.best_step,
             "stopped_early": self.train_result.stopped_early,
             "tokens_per_second": self.train_result.tokens_per_second,
+            "precision": self.precision,
+            "checkpoint": self.config.training.checkpoint,
             "wall_seconds": self.wall_seconds,
         }
 
@@ -217,6 +220,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     device = resolve_device(config.training.device)
+    run_precision = precision.resolve(config.training.precision, device)
     check_models(config)
     corpus = corpus or load_corpus(config.data)
     labels = corpus.labels
@@ -225,7 +229,8 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         return None if stage is None else (lambda done, total: stage(name, done, total))
 
     class_weights = class_weight_tensor(config.distill.class_weights, corpus)  # bad types fail before training
-    teacher = prepare_teacher(config, corpus, device=device, progress=report("teacher fine-tune"))
+    teacher = prepare_teacher(config, corpus, device=device, progress=report("teacher fine-tune"),
+                              precision=run_precision)
     teacher.model.to(device).eval()
     student, tokenizer, init_report = build_student(config, teacher, labels)
 
@@ -267,12 +272,15 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
                                            word_level_hidden=not same_tokenizer, attention_layers=attention_layers,
                                            device=device)
         else:
-            targets = teacher_targets(
-                teacher.model, teacher_train, teacher_fingerprint=teacher.fingerprint, layers=hidden_layers,
-                word_level_hidden=not same_tokenizer, attention_layers=attention_layers,
-                batch_size=config.training.eval_batch_size, device=device,
-                cache_dir=home_dir() / "teacher_outputs" if cache == "disk" else None,
-                max_bytes=int(config.training.teacher_cache_max_gb * 1e9))
+            # Outputs of a bf16 forward differ from fp32 ones: cached under their own key.
+            fingerprint = teacher.fingerprint + ("" if run_precision == "fp32" else f"-{run_precision}")
+            with precision.autocast(device, run_precision):
+                targets = teacher_targets(
+                    teacher.model, teacher_train, teacher_fingerprint=fingerprint, layers=hidden_layers,
+                    word_level_hidden=not same_tokenizer, attention_layers=attention_layers,
+                    batch_size=config.training.eval_batch_size, device=device,
+                    cache_dir=home_dir() / "teacher_outputs" if cache == "disk" else None,
+                    max_bytes=int(config.training.teacher_cache_max_gb * 1e9))
     projections = None
     if distill.alpha_hidden > 0:
         projection = distill.projection
@@ -291,21 +299,24 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         weight_decay=training.weight_decay, warmup_ratio=training.warmup_ratio,
         max_grad_norm=training.max_grad_norm, seed=training.seed, eval_every=training.eval_every,
         eval_batch_size=training.eval_batch_size, max_steps=training.max_steps, lr_schedule=training.lr_schedule,
-        fused_optimizer=training.fused_optimizer)
+        fused_optimizer=training.fused_optimizer, precision=run_precision, checkpoint=training.checkpoint,
+        batching=training.batching, loss_normalization=training.loss_normalization)
     result = train(student, train_split, dev_split, labels, recipe, objective, device=device, on_eval=on_eval,
                    progress=report("distill"))
 
-    if result.best_dev_scores is not None and result.best_dev_predictions is not None:
-        # The kept weights are the best eval's: its scores and predictions are the dev result.
-        dev_scores, dev_predictions = result.best_dev_scores, result.best_dev_predictions
+    if result.kept_scores is not None and result.kept_predictions is not None:
+        # The kept weights (best or last eval's): its scores and predictions are the dev result.
+        dev_scores, dev_predictions = result.kept_scores, result.kept_predictions
     else:
         dev_scores, dev_predictions = evaluate(student, dev_split, labels, batch_size=recipe.eval_batch_size,
-                                               device=device)
-    test_scores, _ = evaluate(student, test_split, labels, batch_size=recipe.eval_batch_size, device=device)
+                                               device=device, precision=run_precision)
+    test_scores, _ = evaluate(student, test_split, labels, batch_size=recipe.eval_batch_size, device=device,
+                              precision=run_precision)
     gold_split = EncodedSplit(train_split.sentences[:len(corpus.train)], train_split.encoded[:len(corpus.train)],
                               train_split.pad_id)
     sample = _train_sample(gold_split, config.data.train_sample_size, training.seed)
-    sample_scores, _ = evaluate(student, sample, labels, batch_size=recipe.eval_batch_size, device=device)
+    sample_scores, _ = evaluate(student, sample, labels, batch_size=recipe.eval_batch_size, device=device,
+                                precision=run_precision)
     gold_types = entity_types([s.tags or () for s in corpus.dev])
     diagnosis, advice = diagnose(dev_scores, sample_scores.f1, gold_types, entity_types(dev_predictions),
                                  overfit_gap=config.diagnosis.overfit_gap, random_floor=config.diagnosis.random_floor)
@@ -315,7 +326,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         train_sample_f1=sample_scores.f1, diagnosis=diagnosis, advice=advice,
         student_params=models.count_parameters(student), teacher_params=models.count_parameters(teacher.model),
         wall_seconds=time.perf_counter() - started, dev_predictions=dev_predictions,
-        dev_sentences=list(corpus.dev))
+        dev_sentences=list(corpus.dev), precision=run_precision)
 
 
 def _train_sample(split: EncodedSplit, size: int, seed: int) -> EncodedSplit:

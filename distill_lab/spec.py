@@ -93,7 +93,7 @@ class FinetuneSpec(_Model):
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    lr_schedule: Literal["linear", "constant"] = "constant"
+    lr_schedule: Literal["linear", "cosine", "constant"] = "constant"
     seed: int = 13
 
 
@@ -161,7 +161,7 @@ class TrainingSpec(_Model):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    lr_schedule: Literal["linear", "constant"] = "constant"
+    lr_schedule: Literal["linear", "cosine", "constant"] = "constant"
     seed: int = 13
     eval_every: int = Field(50, ge=1)  # optimizer steps between dev evaluations
     max_steps: int | None = Field(None, ge=1)  # a fixed optimizer-step budget (overrides epochs)
@@ -174,6 +174,17 @@ class TrainingSpec(_Model):
     # PyTorch's fused AdamW kernel (CPU and CUDA): the same update as the per-parameter loop, ~5x
     # faster on CPU, where the loop over a 30k-row embedding costs a quarter of every step.
     fused_optimizer: bool = True
+    # fp32, or autocast to bf16 / fp16 (CUDA only) with fp32 master weights; auto = bf16 where the
+    # hardware multiplies bf16 natively (AMX / AVX512-BF16 CPUs, CUDA compute >= 8.0), else fp32.
+    # Also used by the teacher fine-tune, the teacher-output cache fill and every evaluation.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    # Which weights the run keeps and scores: the best dev evaluation's, or the last step's.
+    checkpoint: Literal["best_dev", "last"] = "best_dev"
+    batching: Literal["length_buckets", "random"] = "length_buckets"
+    # batch_mean: a batch's loss is the mean over its words, so a batch of 2-word sentences weighs
+    # as much as one of 40-word sentences; fixed_tokens: sum over words / the epoch's mean words
+    # per batch (every word weighs the same; same scale as batch_mean on average).
+    loss_normalization: Literal["batch_mean", "fixed_tokens"] = "batch_mean"
 
     @field_validator("teacher_cache", mode="before")
     @classmethod

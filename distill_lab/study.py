@@ -348,7 +348,8 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
 
 def _log_final(run: Any, results: list[Any], ctx: StudyContext, trial: optuna.Trial) -> float:
     first = results[0]
-    dev = [r.train_result.best_dev_f1 for r in results]
+    # The kept checkpoint's dev F1 (training.checkpoint: best_dev or last); both are logged below.
+    dev = [r.dev.f1 for r in results]
     test = [r.test.f1 for r in results]
     value = statistics.fmean(dev)
     teacher = first.teacher
@@ -367,10 +368,13 @@ def _log_final(run: Any, results: list[Any], ctx: StudyContext, trial: optuna.Tr
         "tokens_per_second": statistics.fmean(r.train_result.tokens_per_second for r in results),
         "wall_seconds": sum(r.wall_seconds for r in results),
         "n_seeds": len(results),
+        "dev_f1_best_eval": statistics.fmean(r.train_result.best_dev_f1 for r in results),
+        "dev_f1_last_eval": statistics.fmean(
+            r.train_result.last_dev_scores.f1 if r.train_result.last_dev_scores else r.dev.f1 for r in results),
     }
     for result in results:
         seed = result.config.training.seed
-        metrics[f"dev_f1_seed{seed}"] = result.train_result.best_dev_f1
+        metrics[f"dev_f1_seed{seed}"] = result.dev.f1
         metrics[f"test_f1_seed{seed}"] = result.test.f1
     for entity, score in first.dev.per_type.items():
         metrics[f"dev_f1_{entity}"] = score
@@ -385,9 +389,10 @@ def _log_final(run: Any, results: list[Any], ctx: StudyContext, trial: optuna.Tr
         "student_model": naming.student_model_name(first.config, teacher.ref.display_name,
                                                    models.num_layers(first.student)),
         "diagnosis": diagnosis, "diagnosis_advice": first.advice,
-        "teacher_fingerprint": teacher.fingerprint, "seeds": ",".join(str(r.config.training.seed) for r in results),
+        "teacher_fingerprint": teacher.fingerprint, "precision": first.precision,
+        "checkpoint": first.config.training.checkpoint, "seeds": ",".join(str(r.config.training.seed) for r in results),
     })
-    trial.set_user_attr("dev_f1_per_seed", {str(r.config.training.seed): r.train_result.best_dev_f1 for r in results})
+    trial.set_user_attr("dev_f1_per_seed", {str(r.config.training.seed): r.dev.f1 for r in results})
     trial.set_user_attr("test_f1_per_seed", {str(r.config.training.seed): r.test.f1 for r in results})
     return value
 

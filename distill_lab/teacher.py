@@ -43,7 +43,7 @@ def _file_digest(directory: str, name: str = "config.json") -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else directory
 
 
-def teacher_fingerprint(config: RunConfig, corpus: NerCorpus, ref: models.ModelRef) -> str:
+def teacher_fingerprint(config: RunConfig, corpus: NerCorpus, ref: models.ModelRef, precision: str = "fp32") -> str:
     recipe = config.teacher.finetune.model_dump() if config.teacher.finetune else {}
     payload = {
         "version": CACHE_VERSION,
@@ -55,6 +55,8 @@ def teacher_fingerprint(config: RunConfig, corpus: NerCorpus, ref: models.ModelR
         "max_length": config.data.max_length,
         "recipe": recipe,
     }
+    if precision != "fp32":  # an fp32 teacher keeps the key it had before precision existed
+        payload["precision"] = precision
     if ref.kind == "tiny":
         # Tiny models are built locally and their tokenizer can change while config.json does not
         # (older builds mapped every word to [UNK]); a teacher fine-tuned with another tokenizer
@@ -77,7 +79,7 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
 
 
 def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.device,
-                    progress: Progress | None = None) -> Teacher:
+                    progress: Progress | None = None, precision: str = "fp32") -> Teacher:
     """Load a fine-tuned teacher from its checkpoint or the cache; fine-tune it on a miss."""
     spec = config.teacher
     ref = models.resolve_reference(spec.model, trust_remote_code=spec.trust_remote_code, field="teacher.model")
@@ -88,12 +90,12 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
         model = models.load_token_classifier(spec.checkpoint, labels, trust_remote_code=spec.trust_remote_code)
         dev = encode_sentences(corpus.dev, tokenizer, _label2id(labels), config.data.max_length)
         test = encode_sentences(corpus.test, tokenizer, _label2id(labels), config.data.max_length)
-        dev_scores, _ = evaluate(model.to(device), dev, labels, device=device)
-        test_scores, _ = evaluate(model, test, labels, device=device)
+        dev_scores, _ = evaluate(model.to(device), dev, labels, device=device, precision=precision)
+        test_scores, _ = evaluate(model, test, labels, device=device, precision=precision)
         return Teacher(model, tokenizer, ref, dev_scores.f1, test_scores.f1, checkpoint_fingerprint(spec.checkpoint),
                        spec.checkpoint, True)
 
-    key = teacher_fingerprint(config, corpus, ref)
+    key = teacher_fingerprint(config, corpus, ref, precision)
     directory = home_dir() / "teachers" / key
     record = directory / "teacher.json"
     if record.is_file():
@@ -115,12 +117,13 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
         epochs=recipe_spec.epochs, learning_rate=recipe_spec.learning_rate, batch_size=recipe_spec.batch_size,
         weight_decay=recipe_spec.weight_decay, warmup_ratio=recipe_spec.warmup_ratio, seed=recipe_spec.seed,
         lr_schedule=recipe_spec.lr_schedule,
-        eval_every=10**9, eval_batch_size=config.training.eval_batch_size,
+        eval_every=10**9, eval_batch_size=config.training.eval_batch_size, precision=precision,
     )
     result = train(model, train_split, dev_split, labels, recipe, Objective(), device=device, progress=progress)
-    test_scores, _ = evaluate(model, test_split, labels, batch_size=recipe.eval_batch_size, device=device)
+    test_scores, _ = evaluate(model, test_split, labels, batch_size=recipe.eval_batch_size, device=device,
+                              precision=precision)
     info = {"dev_f1": result.best_dev_f1, "test_f1": test_scores.f1, "fine_tune_seconds": result.wall_seconds,
-            "reference": ref.reference, "recipe": recipe_spec.model_dump(), "steps": result.steps}
+            "reference": ref.reference, "recipe": recipe_spec.model_dump(), "steps": result.steps, "precision": precision}
     _publish(model, tokenizer, directory, info)
     return Teacher(model, tokenizer, ref, result.best_dev_f1, test_scores.f1, key, str(directory), False,
                    result.wall_seconds)

@@ -139,3 +139,11 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoc
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def random_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """Uniformly shuffled batches (the usual sampler): more padding than length buckets, but a
+    batch's length mix is the corpus's. Same (seed, epoch) -> same batches."""
+    order = list(range(len(lengths)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -7,6 +7,7 @@ Pruning reaches the loop only through `on_eval(step, metrics) -> bool` (True = s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,14 +15,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from transformers import get_scheduler
 
-from distill_lab.data.align import EncodedSplit, bucketed_batches, gather_words
+from distill_lab.data.align import EncodedSplit, bucketed_batches, gather_words, random_batches
 from distill_lab.distill import losses
 from distill_lab.distill.mapping import LayerMapping, hidden_index
 from distill_lab.distill.projection import project_pair
 from distill_lab.distill.teacher_cache import TeacherTargets
 from distill_lab.errors import TrialError
 from distill_lab.evaluation import Scores, evaluate
+from distill_lab.precision import autocast
+
+# lr_schedule name -> transformers.get_scheduler name (all with linear warmup first).
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 OnEval = Callable[[int, dict[str, float]], bool]
 Progress = Callable[[int, int], None]
@@ -39,8 +45,14 @@ class TrainRecipe:
     eval_every: int = 50
     eval_batch_size: int = 64
     max_steps: int | None = None
-    lr_schedule: str = "constant"  # linear: warmup then linear decay to 0; constant: warmup then flat
+    lr_schedule: str = "constant"  # after warmup: linear or cosine decay to 0, or constant (flat)
     fused_optimizer: bool = True
+    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (autocast, fp32 master weights)
+    checkpoint: str = "best_dev"  # which weights the run keeps: best_dev (best evaluation) | last
+    batching: str = "length_buckets"  # length_buckets | random
+    # batch_mean: each batch's loss is its mean over its words (short-sentence batches weigh as
+    # much as long ones); fixed_tokens: its sum over words / the epoch's mean words per batch.
+    loss_normalization: str = "batch_mean"
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Objective:
     projections: nn.ModuleDict | None = None
     projection_direction: str = "student_to_teacher"
     class_weights: torch.Tensor | None = None
+    reference_words: float | None = None  # set by train() for loss_normalization 'fixed_tokens'
 
     @property
     def needs_hidden(self) -> bool:
@@ -92,6 +105,12 @@ class Objective:
                                                     teacher_mask=targets["mask"])
             if self.needs_attention:
                 parts["attention"] = self._attention_loss(outputs.attentions, targets["attentions"], batch, device)
+        if self.reference_words:
+            # sum over the batch's words / a fixed word count = mean * (words / reference): every
+            # word weighs the same whichever batch it lands in.
+            scale = batch["word_mask"].sum().to(device) / self.reference_words
+            for name in ("hard", "soft", "hidden"):
+                parts[name] = parts[name] * scale
         parts["total"] = (
             self.alpha_hard * parts["hard"]
             + self.alpha_soft * parts["soft"]
@@ -146,7 +165,18 @@ class TrainResult:
     wall_seconds: float = 0.0
     train_tokens: int = 0
     best_dev_scores: Scores | None = None
-    best_dev_predictions: list[list[str]] | None = None  # of the kept (best) weights: no re-evaluation
+    best_dev_predictions: list[list[str]] | None = None  # of the best weights: no re-evaluation
+    last_dev_scores: Scores | None = None
+    last_dev_predictions: list[list[str]] | None = None  # of the final weights
+    checkpoint: str = "best_dev"  # which of the two the model holds after train()
+
+    @property
+    def kept_scores(self) -> Scores | None:
+        return self.last_dev_scores if self.checkpoint == "last" else self.best_dev_scores
+
+    @property
+    def kept_predictions(self) -> list[list[str]] | None:
+        return self.last_dev_predictions if self.checkpoint == "last" else self.best_dev_predictions
 
     @property
     def tokens_per_second(self) -> float:
@@ -191,28 +221,28 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
     batches_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * batches_per_epoch))
     warmup_steps = int(recipe.warmup_ratio * total_steps)
-
-    def lr_factor(step: int) -> float:  # linear warmup, then linear decay to 0 (or flat)
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if recipe.lr_schedule == "constant":
-            return 1.0
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    result = TrainResult(best_dev_f1=-1.0, best_step=0, steps=0)
+    if recipe.lr_schedule not in SCHEDULES:
+        raise TrialError(f"lr_schedule {recipe.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
+    scheduler = get_scheduler(SCHEDULES[recipe.lr_schedule], optimizer, num_warmup_steps=warmup_steps,
+                              num_training_steps=total_steps)
+    if recipe.loss_normalization == "fixed_tokens":
+        objective = dataclasses.replace(
+            objective, reference_words=sum(len(e.word_positions) for e in train_split.encoded) / batches_per_epoch)
+    batches = bucketed_batches if recipe.batching == "length_buckets" else random_batches
+    result = TrainResult(best_dev_f1=-1.0, best_step=0, steps=0, checkpoint=recipe.checkpoint)
     best_state: dict[str, torch.Tensor] | None = None
     running: dict[str, float] = {}
     started = time.perf_counter()
     step, epoch = 0, 0
     model.train()
     while step < total_steps:
-        for indices in bucketed_batches(train_split.lengths, recipe.batch_size, seed=recipe.seed, epoch=epoch):
+        for indices in batches(train_split.lengths, recipe.batch_size, seed=recipe.seed, epoch=epoch):
             if step >= total_steps:
                 break
             batch = train_split.batch(indices)
             # forward + backward
-            parts = objective.losses(model, batch, device)
+            with autocast(device, recipe.precision):
+                parts = objective.losses(model, batch, device)
             if not torch.isfinite(parts["total"]):
                 raise TrialError(f"loss became {parts['total'].item()} at step {step + 1} (lower the learning rate?)")
             optimizer.zero_grad(set_to_none=True)
@@ -231,17 +261,19 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
             # evaluate + log
             if step % recipe.eval_every == 0 or step == total_steps:
                 scores, predictions = evaluate(model, dev_split, labels, batch_size=recipe.eval_batch_size,
-                                               device=device)
+                                               device=device, precision=recipe.precision)
                 count = running.pop("_count")
                 metrics = {f"loss_{name}": value / count for name, value in running.items()}
                 metrics.update(dev_f1=scores.f1, dev_precision=scores.precision, dev_recall=scores.recall,
                                learning_rate=optimizer.param_groups[0]["lr"], epoch=epoch + 1, step=step)
                 running = {}
                 result.history.append(metrics)
+                result.last_dev_scores, result.last_dev_predictions = scores, predictions
                 if scores.f1 > result.best_dev_f1:
                     result.best_dev_f1, result.best_step, result.best_dev_scores = scores.f1, step, scores
                     result.best_dev_predictions = predictions
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                    if recipe.checkpoint == "best_dev":  # 'last' keeps the final weights: no copy needed
+                        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
                 if on_eval is not None and on_eval(step, metrics):
                     result.stopped_early = True
                     break
@@ -250,7 +282,7 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
         epoch += 1
     result.steps = step
     result.wall_seconds = time.perf_counter() - started
-    if best_state is not None:
+    if best_state is not None and recipe.checkpoint == "best_dev":
         model.load_state_dict(best_state)
     model.eval()
     return result

@@ -85,7 +85,7 @@ def hard_loss(logits: Tensor, labels: Tensor, class_weights: Tensor | None = Non
     valid = labels != IGNORE_INDEX
     if not bool(valid.any()):
         return _zero_like_graph(logits)
-    sel_logits = logits[valid]  # (n_valid, labels)
+    sel_logits = logits[valid].float()  # (n_valid, labels); fp32 even under bf16 autocast
     sel_labels = labels[valid]  # (n_valid,)
     ce = F.cross_entropy(sel_logits, sel_labels, reduction="none")  # (n_valid,)
     if class_weights is None:
@@ -130,7 +130,7 @@ def soft_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temp
     mask = _as_bool_mask(mask, tuple(student_logits.shape[:2]), "soft_loss")
     if not bool(mask.any()):
         return _zero_like_graph(student_logits)
-    s = student_logits[mask] / temperature  # (n_valid, labels)
+    s = student_logits[mask].float() / temperature  # (n_valid, labels); fp32 even under autocast
     t = teacher_logits[mask].to(dtype=s.dtype) / temperature
     log_p_s = F.log_softmax(s, dim=-1)
     log_p_t = F.log_softmax(t, dim=-1)
@@ -153,7 +153,7 @@ def hidden_mse(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor) -> 
     mask = _as_bool_mask(mask, tuple(student_hidden.shape[:2]), "hidden_loss")
     if not bool(mask.any()):
         return _zero_like_graph(student_hidden)
-    s = student_hidden[mask]  # (n_valid, hidden)
+    s = student_hidden[mask].float()  # (n_valid, hidden)
     t = teacher_hidden[mask].to(dtype=s.dtype)
     return (s - t).pow(2).mean()
 
@@ -176,7 +176,7 @@ def hidden_cosine(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor) 
     mask = _as_bool_mask(mask, tuple(student_hidden.shape[:2]), "hidden_loss")
     if not bool(mask.any()):
         return _zero_like_graph(student_hidden)
-    s = student_hidden[mask]
+    s = student_hidden[mask].float()
     t = teacher_hidden[mask].to(dtype=s.dtype)
     return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
 

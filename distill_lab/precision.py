@@ -1,0 +1,52 @@
+"""Numeric precision of a run: fp32, or autocast to bf16 / fp16 with fp32 master weights.
+
+Autocast leaves parameters, optimizer state and gradients in fp32; matmuls run in the lower
+precision. The losses cast their inputs to fp32 themselves (softmax at T and the KL are
+computed in fp32 whatever the forward ran in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from pathlib import Path
+from typing import ContextManager
+
+import torch
+
+from distill_lab.errors import TrialError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AMX-BF16 or AVX512-BF16 units (Linux: read from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve(name: str, device: torch.device) -> str:
+    """The precision a run really uses on `device`: 'fp32', 'bf16' or 'fp16'."""
+    if name not in PRECISIONS:
+        raise TrialError(f"training.precision: {name!r} is not one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise TrialError("training.precision 'fp16' needs a CUDA device (use 'bf16' or 'auto' on CPU)")
+    return name
+
+
+def autocast(device: torch.device | str, precision: str) -> ContextManager[object]:
+    """Autocast for a resolved precision; a no-op context for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=_DTYPES[precision])
