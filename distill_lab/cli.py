@@ -280,6 +280,23 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
         sys.stdout.write(text)
 
 
+records_app = typer.Typer(help="Run records: a study's MLflow runs as committed, diffable JSON.", no_args_is_help=True)
+app.add_typer(records_app, name="records")
+
+
+@records_app.command("export")
+def records_export(experiment: list[str] = typer.Argument(..., help="MLflow experiment (study) names."),
+                   out_dir: Path = typer.Option(Path("results/records"), "--out", help="Output directory."),
+                   tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Export every run of the named experiments (ids, params, tags, metrics, dev curves) as JSON."""
+    from distill_lab.records import export_experiment
+    from distill_lab.tracking import default_tracking_uri
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in experiment:
+        out.print(f"{name}: {export_experiment(name, default_tracking_uri(tracking_uri), out_dir)}")
+
+
 dashboard_app = typer.Typer(help="Study dashboards: a static HTML page, or optuna-dashboard.", no_args_is_help=True)
 app.add_typer(dashboard_app, name="dashboard")
 
