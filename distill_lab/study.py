@@ -27,7 +27,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from distill_lab import models, naming, search_space
+from distill_lab import models, naming, precision, search_space
 from distill_lab.errors import DistillLabError, SpecError, TrialError
 from distill_lab.paths import home_dir
 from distill_lab.spec import StudySpec, resolve
@@ -638,8 +638,11 @@ def prepare_shared_teacher(ctx: StudyContext, tracker: Tracker, experiment_id: s
 
         torch.set_num_threads(config.training.num_threads)
     corpus = _corpus_for(config)
-    teacher = prepare_teacher(config, corpus, device=resolve_device(config.training.device), progress=stage and (
-        lambda done, total: stage("teacher fine-tune", done, total)))
+    device = resolve_device(config.training.device)
+    # The same precision the trials resolve: otherwise the study fine-tunes an fp32 teacher here and
+    # every trial a second, bf16 one (another cache key).
+    teacher = prepare_teacher(config, corpus, device=device, precision=precision.resolve(config.training.precision, device),
+                              progress=stage and (lambda done, total: stage("teacher fine-tune", done, total)))
     if tracker.find_run(experiment_id, {"role": "teacher", "teacher_fingerprint": teacher.fingerprint}) is None:
         tags = {"role": "teacher", "study": ctx.spec.name, "teacher_fingerprint": teacher.fingerprint,
                 "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
