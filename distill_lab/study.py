@@ -250,19 +250,22 @@ def enqueue_missing_grid_points(study: optuna.Study, spec: StudySpec) -> int:
 
 
 def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> int:
-    """End FAILED the MLflow trial runs still RUNNING whose Optuna trial is no longer running.
+    """End FAILED the MLflow trial runs still RUNNING whose Optuna trial has failed.
 
     That happens when a worker is killed -9 or its heartbeat went stale. Matching goes through the
     run's `optuna_trial_id` tag, which is set when the run is created (no race with the trial attr).
+    The runs are read before the trials, and only a FAIL trial (or one this study does not have)
+    orphans its run: a trial asked after the read, or one that completed after it (its owner ends
+    the run FINISHED before it tells the trial), is never mistaken for a dead one.
     """
-    running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    candidates = [run for run in tracker.runs_in_state(experiment_id)
+                  if run.data.tags.get("study") == study.study_name and run.data.tags.get("role") == "trial"]
+    if not candidates:
+        return 0
+    states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
     ended = 0
-    for run in tracker.runs_in_state(experiment_id):
-        tags = run.data.tags
-        if tags.get("study") != study.study_name or tags.get("role") != "trial":
-            continue
-        trial_id = int(tags.get("optuna_trial_id", -1))
-        if trial_id in running:
+    for run in candidates:
+        if states.get(int(run.data.tags.get("optuna_trial_id", -1)), TrialState.FAIL) != TrialState.FAIL:
             continue
         tracker.client.set_tag(run.info.run_id, "error", "worker died before the run ended")
         tracker.client.set_tag(run.info.run_id, "optuna_state", "FAIL")

@@ -204,7 +204,8 @@ def test_scaleout_four_workers_run_each_grid_point_once(databases, mlflow_server
     children = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs["mlflow_parent_run_id"]
     assert len(children) == 12
-    assert all(r.info.status == "FINISHED" for r in children)
+    statuses = [(r.info.status, r.data.tags.get("optuna_state"), r.data.tags.get("error")) for r in children]
+    assert all(status == "FINISHED" for status, _, _ in statuses), statuses
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert [r for r in runs if r.info.status == "RUNNING"] == []
     assert "database is locked" not in _logs(tmp_path)
@@ -243,8 +244,9 @@ def test_scaleout_sigkill_worker_loses_nothing(databases, mlflow_server, tmp_pat
 @pytest.mark.slow
 def test_scaleout_sigterm_kills_run_and_point_is_completed(databases, mlflow_server, tmp_path):
     temperatures = [1.0, 2.0, 4.0, 8.0]
-    # Trials long enough (80 steps) that the signal lands inside training, not after the run ended.
-    spec = _grid_spec(tmp_path, "term4", temperatures, epochs=8, n_train=80)
+    # Trials long enough (240 steps) that the worker, which starts cold, gets a trial before the
+    # warm coordinator has run all four, and that the signal lands inside training.
+    spec = _grid_spec(tmp_path, "term4", temperatures, epochs=24, n_train=80)
     processes = _start_study_and_workers(spec, databases["optuna"], mlflow_server, tmp_path, "term4", 1)
     victim = processes[1]
     _wait_for(lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")

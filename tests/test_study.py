@@ -381,22 +381,26 @@ def test_work_interrupt_after_the_run_finished_keeps_the_trial_complete(store, m
     assert run.info.status == "FINISHED" and run.data.tags["optuna_state"] == "COMPLETE"
 
 
-def test_end_orphan_runs_ends_only_runs_whose_trial_is_not_running(store):
+def test_end_orphan_runs_ends_only_runs_whose_trial_failed(store):
     ctx = _ctx(_spec(), store)
     study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
     tracker = Tracker(ctx.tracking_uri)
     experiment_id, parent = driver.ensure_tracking(ctx, study, tracker)
-    dead, live = study.ask(), study.ask()
+    dead, live, done = study.ask(), study.ask(), study.ask()
     study.tell(dead, state=TrialState.FAIL)
+    # `done`: its owner's run was read RUNNING by the sweep, then ended and its trial told COMPLETE
+    # before the sweep looked at the trials -- a race that once ended a finished run FAILED.
+    study.tell(done, 0.5)
 
     def trial_run(trial) -> str:
         return tracker.create_run(experiment_id, f"t{trial.number}", parent_run_id=parent, tags={
             "role": "trial", "study": "unit_study", "optuna_trial_id": trial._trial_id})
 
-    orphan, fresh = trial_run(dead), trial_run(live)  # `live` has not recorded its run id yet
+    orphan, fresh, closing = trial_run(dead), trial_run(live), trial_run(done)  # none recorded its run id yet
     assert driver.end_orphan_runs(study, tracker, experiment_id) == 1
     assert tracker.client.get_run(orphan).info.status == "FAILED"
     assert tracker.client.get_run(fresh).info.status == "RUNNING"
+    assert tracker.client.get_run(closing).info.status == "RUNNING"  # left to its owner
     assert tracker.client.get_run(parent).info.status == "RUNNING"  # only trial runs are swept
 
 
