@@ -6,7 +6,8 @@ keeps every temperature's mean and adds seed deviations drawn from the within-te
 deviations POOLED over all temperatures (with 2-3 seeds per T, resampling each T's own seeds gives
 intervals far too narrow; see `pooled_seed_noise`). Verdict "one interior optimum supported" only
 when the curvature's 95 % CI lies below 0 AND T* and its 95 % CI lie inside the searched range.
-Group comparisons (mappings, inits) bootstrap group means from the same pooled seed noise.
+Group comparisons (mappings, inits, KD vs no KD) give each difference Welch's t interval from the
+two groups' own seeds (arms may differ in spread); the pooled bootstrap remains as an option.
 """
 
 from __future__ import annotations
@@ -177,35 +178,62 @@ class GroupComparison:
         return pd.DataFrame(self.rows)
 
 
+def welch_interval(values: np.ndarray, base: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """CI of mean(values) - mean(base) without assuming equal variances (Welch's t, scipy).
+
+    NaN when a side has fewer than 2 seeds; zero width when both sides have no spread at all.
+    """
+    from scipy import stats
+
+    if len(values) < 2 or len(base) < 2:
+        return float("nan"), float("nan")
+    diff = float(np.mean(values) - np.mean(base))
+    if np.var(values) == 0 and np.var(base) == 0:
+        return diff, diff
+    interval = stats.ttest_ind(values, base, equal_var=False).confidence_interval(confidence)
+    return float(interval.low), float(interval.high)
+
+
 def compare_groups(frame: pd.DataFrame, factor: str, *, reference: str | None = None, score: str = "dev_f1",
-                   n_bootstrap: int = 2000, seed: int = 0) -> GroupComparison:
-    """E.g. mapping strategies (is head<->tail within noise of the best?) or init strategies."""
-    groups = {name: group[score].to_numpy() for name, group in frame.groupby(factor)}
+                   method: str = "welch", n_bootstrap: int = 2000, seed: int = 0) -> GroupComparison:
+    """E.g. mapping strategies (is head<->tail within noise of the best?) or init strategies.
+
+    method "welch": each difference to the reference gets Welch's t interval from the two groups'
+    own seeds (no equal-variance assumption: one arm's seeds can spread 0.1 F1 and another's 3).
+    method "pooled": a bootstrap of group means with the seed noise pooled over groups (more
+    power when the arms truly share one noise level; see pooled_seed_noise).
+    """
+    if method not in ("welch", "pooled"):
+        raise ValueError(f"method {method!r}: allowed welch, pooled")
+    groups = {name: group[score].dropna().to_numpy() for name, group in frame.groupby(factor)}
+    groups = {name: values for name, values in groups.items() if len(values)}
     if not groups:
         raise ValueError(f"no runs to compare by {factor}")
     means = {name: float(values.mean()) for name, values in groups.items()}
     reference = reference if reference in groups else max(means, key=means.get)
-    # Bootstrap of group means with the seed noise pooled over groups (see pooled_seed_noise):
-    # resampling each group's own 3 seeds called equal groups "not within noise" ~20% of the time.
+    base = groups[reference]
     noise = pooled_seed_noise(frame[score].to_numpy(), frame[factor].to_numpy())
     # No group ran more than one seed: there is no noise estimate, so no interval and no verdict
     # (a zero-width "CI" would call any difference real).
-    replicated = noise.size > 0
-    if not replicated:
-        noise = np.zeros(1)
     rng = np.random.default_rng(seed)
-    base = groups[reference]
     rows = []
     for name, values in sorted(groups.items(), key=lambda item: -means[item[0]]):
-        diffs = (means[name] + rng.choice(noise, (n_bootstrap, len(values))).mean(axis=1)) \
-            - (means[reference] + rng.choice(noise, (n_bootstrap, len(base))).mean(axis=1))
-        low, high = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))) if replicated \
-            else (float("nan"), float("nan"))
+        if method == "welch":
+            low, high = welch_interval(values, base) if name != reference else (0.0, 0.0)
+            if name == reference and len(base) < 2:
+                low, high = float("nan"), float("nan")
+        elif noise.size:
+            diffs = (means[name] + rng.choice(noise, (n_bootstrap, len(values))).mean(axis=1)) \
+                - (means[reference] + rng.choice(noise, (n_bootstrap, len(base))).mean(axis=1))
+            low, high = float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+        else:
+            low, high = float("nan"), float("nan")
+        known = low == low
         rows.append({
             factor: name, "n": len(values), "mean": means[name],
             "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
             f"diff_vs_{reference}": means[name] - means[reference], "ci_low": low, "ci_high": high,
-            "within_noise": (bool(low <= 0 <= high) if name != reference else True) if replicated else None,
+            "within_noise": (bool(low <= 0 <= high) if name != reference else True) if known else None,
         })
     return GroupComparison(factor, reference, rows)
 

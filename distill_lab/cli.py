@@ -234,6 +234,8 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
            analysis: bool = typer.Option(False, "--analysis", help="Add the temperature fit and group comparisons."),
            out_file: Optional[Path] = typer.Option(None, "--out", help="Write to FILE instead of stdout."),
            update: Optional[Path] = typer.Option(None, "--update", help="Rewrite the marked region of FILE."),
+           records: Optional[Path] = typer.Option(None, "--records", help="Read committed run records (a "
+                                                  "`records export` file or directory) instead of a store."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Rebuild the experiment table (teacher/student, setting, init, score) from tracked runs."""
     from distill_lab import report as reporting
@@ -248,15 +250,20 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
     if update is not None and formats and formats[0] != "markdown":
         raise DistillLabError("--update writes a markdown table; drop --csv/--html/--json")
     fmt = formats[0] if formats else "markdown"
+    if records is not None and tracking_uri is not None:
+        raise DistillLabError("--records and --tracking-uri name two sources: choose one")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     uri = default_tracking_uri(tracking_uri)
+    source = f"run records {records}" if records is not None else uri
     if update is not None and not update.is_file():
         raise DistillLabError(f"--update {update}: file not found")
+
     def text_for(studies: Optional[list[str]]) -> str:
-        runs = reporting.load_runs(uri, studies)
+        runs = reporting.load_records(records, studies) if records is not None else reporting.load_runs(uri, studies)
         text = reporting.render(reporting.experiment_table(runs), fmt, lang)
         if analysis and fmt == "markdown":
-            text += "\n" + reporting.analysis_markdown(runs, uri)
+            # Figures go to the study's parent run; committed records have no store to log to.
+            text += "\n" + reporting.analysis_markdown(runs, uri, log_to_parent=records is None)
         return text
 
     if update is not None:
@@ -269,7 +276,7 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
                 return None
 
         for names in reporting.update_regions(update, region_text):
-            console.print(f"kept the region of {', '.join(names or [])}: not all of its studies are in {uri}")
+            console.print(f"kept the region of {', '.join(names or [])}: not all of its studies are in {source}")
         console.print(f"updated the report regions of {update}")
         return
     text = text_for(study)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from distill_lab.errors import DistillLabError
@@ -39,7 +40,10 @@ def run_record(client: MlflowClient, run: Any) -> dict[str, Any]:
     return {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
+        "experiment_id": str(run.info.experiment_id),
         "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
         "parent_run_id": run.data.tags.get(PARENT_TAG),
         "params": dict(sorted(run.data.params.items())),
         "tags": dict(sorted(tags.items())),
@@ -76,3 +80,48 @@ def load(path: Path) -> dict[str, Any]:
     if payload.get("format") != FORMAT:
         raise RecordsError(f"{path}: run-record format {payload.get('format')!r}, expected {FORMAT}")
     return payload
+
+
+def export_paths(path: Path) -> list[Path]:
+    """The export files under `path`: the file itself, or every `*.json` of a directory."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise RecordsError(f"{path}: no run-record exports (*.json) in this directory")
+        return files
+    if not path.is_file():
+        raise RecordsError(f"{path}: no such run-record export (a .json file or a directory of them)")
+    return [path]
+
+
+def runs_frame(paths: Sequence[Path]) -> pd.DataFrame:
+    """The exported runs as the frame a tracking store gives `report.load_runs`.
+
+    Columns run_id, experiment_id, status, start_time, end_time, tags.*, params.*, metrics.*
+    (the last value of each metric), so the report reads an export exactly as it reads the store
+    it came from. Exports made before start/end times were recorded leave those columns empty.
+    """
+    rows = []
+    for path in paths:
+        payload = load(path)
+        for record in payload["runs"]:
+            row: dict[str, Any] = {
+                "run_id": record["run_id"],
+                "experiment_id": record.get("experiment_id", payload["experiment"]),
+                "status": record["status"],
+                "start_time": record.get("start_time"),
+                "end_time": record.get("end_time"),
+            }
+            row.update({f"tags.{key}": value for key, value in record["tags"].items()})
+            if record.get("parent_run_id"):
+                row[f"tags.{PARENT_TAG}"] = record["parent_run_id"]
+            row.update({f"params.{key}": value for key, value in record["params"].items()})
+            row.update({f"metrics.{key}": float(value) for key, value in record["metrics"].items()})
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    for column in ("start_time", "end_time"):
+        frame[column] = pd.to_datetime(pd.to_numeric(frame[column], errors="coerce"), unit="ms", utc=True)
+    return frame.sort_values(["start_time", "run_id"], ascending=[False, True], na_position="last").reset_index(drop=True)

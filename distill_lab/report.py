@@ -31,7 +31,8 @@ HEADERS = {
     "zh": {"pair": "模型的参数选取", "setting": "蒸馏设定", "init": "初始化方式", "score": "产出模型表现"},
 }
 EXTRA_HEADERS = {"test": "test F1", "retention": "retention", "params": "student params",
-                 "compression": "compression", "diagnosis": "diagnosis", "study": "study"}
+                 "compression": "compression", "diagnosis": "diagnosis", "study": "study", "runs": "MLflow runs"}
+RUN_ID_CHARS = 8  # a prefix that finds the run in the MLflow UI's search and in results/records
 
 
 class ReportError(DistillLabError):
@@ -60,14 +61,31 @@ def load_runs(tracking_uri: str, studies: Sequence[str] | None = None) -> pd.Dat
     runs = _read_database(tracking_uri)
     if runs is None:
         runs = _search_runs_api(tracking_uri)
+    return _select(runs, studies, f"tracking store {tracking_uri}")
+
+
+def load_records(path: Path, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """The same frame as `load_runs`, read from committed run records (`distill-lab records export`)."""
+    from distill_lab.records import RecordsError, export_paths, runs_frame
+
+    try:
+        runs = runs_frame(export_paths(path))
+    except RecordsError as err:
+        raise ReportError(str(err)) from None
+    if not runs.empty and "tags.role" in runs:
+        runs = runs[runs["tags.role"].isin(ROLES)]
+    return _select(runs, studies, f"run records {path}")
+
+
+def _select(runs: pd.DataFrame, studies: Sequence[str] | None, where: str) -> pd.DataFrame:
     if runs.empty or "tags.study" not in runs:
-        raise ReportError(f"tracking store {tracking_uri} has no distill-lab runs: run a study first")
+        raise ReportError(f"{where} has no distill-lab runs: run a study first")
     known = sorted(runs["tags.study"].dropna().unique())
     if studies:
         unknown = sorted(set(studies) - set(known))
         if unknown:
-            raise UnknownStudyError(f"no study named {', '.join(unknown)} in {tracking_uri}; studies there: "
-                              f"{', '.join(known) or 'none'}")
+            raise UnknownStudyError(f"no study named {', '.join(unknown)} in {where}; studies there: "
+                                    f"{', '.join(known) or 'none'}")
         runs = runs[runs["tags.study"].isin(studies)]
     return runs.reset_index(drop=True)
 
@@ -223,6 +241,7 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
             compression=("compression", "first"),
         ).reset_index()
         table = table.merge(_most_common(rows, "diagnosis"), on=GROUP_KEYS, how="left")
+        table = table.merge(_run_ids(rows), on=GROUP_KEYS, how="left")
         table["diagnosis"] = table["diagnosis"].fillna("")
         table["retention"] = table["dev_f1_mean"] / table["teacher_dev_f1"]
         table["reference"] = False
@@ -236,6 +255,7 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
             "test_f1_mean": teachers["metrics.test_f1"], "test_f1_std": float("nan"),
             "teacher_dev_f1": teachers["metrics.dev_f1"], "student_params": teachers["metrics.teacher_params"],
             "compression": 1.0, "diagnosis": "", "retention": 1.0, "reference": True,
+            "runs": teachers["run_id"].str[:RUN_ID_CHARS],
         })
         reference = reference.drop_duplicates(subset=["study", "pair", "dev_f1_mean"])
         tables.append(reference)
@@ -245,6 +265,13 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
     table["dev_f1_std"] = table["dev_f1_std"].fillna(0.0)
     table["test_f1_std"] = table["test_f1_std"].fillna(0.0)
     return table.sort_values(["study", "reference", "dev_f1_mean"], ascending=[True, False, False]).reset_index(drop=True)
+
+
+def _run_ids(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per group, the (shortened) ids of the MLflow runs behind its score: a cell leads to its runs."""
+    ids = rows[[*GROUP_KEYS, "run_id"]].drop_duplicates().sort_values("run_id")
+    ids = ids.assign(run_id=ids["run_id"].str[:RUN_ID_CHARS])
+    return ids.groupby(GROUP_KEYS, dropna=False)["run_id"].agg(" ".join).rename("runs").reset_index()
 
 
 def _most_common(rows: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -281,6 +308,7 @@ def formatted(table: pd.DataFrame, lang: str = "en") -> pd.DataFrame:
         EXTRA_HEADERS["compression"]: [f"{c:.2f}x" if c == c else "-" for c in table["compression"]],
         EXTRA_HEADERS["diagnosis"]: table["diagnosis"].fillna(""),
         EXTRA_HEADERS["study"]: table["study"],
+        EXTRA_HEADERS["runs"]: table["runs"].fillna("") if "runs" in table else "",
     })
     return view
 
@@ -445,8 +473,9 @@ def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
             for key, stratum in parts:
                 if stratum[factor].nunique() < 2 or (factor == "setting" and reference not in set(stratum[factor])):
                     continue
-                comparisons.append((key if isinstance(key, tuple) else (key,),
-                                    compare_groups(stratum, factor, reference=reference)))
+                comparison = compare_groups(stratum, factor, reference=reference)
+                _add_test_intervals(comparison, stratum)
+                comparisons.append((key if isinstance(key, tuple) else (key,), comparison))
             if comparisons:
                 # compare_groups falls back to the best group where the reference did not run.
                 used = {comparison.reference for _, comparison in comparisons}
@@ -455,13 +484,37 @@ def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
     return sections
 
 
+def _add_test_intervals(comparison: Any, stratum: pd.DataFrame) -> None:
+    """Test F1 beside dev F1: each row gains test_mean, test_diff and its Welch interval."""
+    from distill_lab.analysis import compare_groups
+
+    if "test_f1" not in stratum or stratum["test_f1"].isna().all():
+        return
+    test = {row[comparison.factor]: row
+            for row in compare_groups(stratum, comparison.factor, reference=comparison.reference, score="test_f1").rows}
+    for row in comparison.rows:
+        other = test.get(row[comparison.factor])
+        if other is None:
+            continue
+        row.update(test_mean=other["mean"], test_diff=other[f"diff_vs_{comparison.reference}"],
+                   test_ci_low=other["ci_low"], test_ci_high=other["ci_high"])
+
+
+def comparison_count(sections: list[GroupSection]) -> int:
+    """How many differences (dev F1, non-reference groups) the analysis tests."""
+    return sum(sum(row[comparison.factor] != comparison.reference for row in comparison.rows)
+               for section in sections for _, comparison in section.comparisons)
+
+
 def section_frame(section: GroupSection) -> pd.DataFrame:
     """The section's comparisons as one table (F1 points), one block of rows per stratum."""
     frames = []
     for key, comparison in section.comparisons:
         frame = comparison.as_frame().rename(columns={f"diff_vs_{comparison.reference}": "diff"})
-        for column in ("mean", "std", "diff", "ci_low", "ci_high"):
-            frame[column] = (frame[column] * 100).round(2)
+        for column in ("mean", "std", "diff", "ci_low", "ci_high", "test_mean", "test_diff", "test_ci_low",
+                       "test_ci_high"):
+            if column in frame:
+                frame[column] = (frame[column] * 100).round(2)
         for name, value in reversed(list(zip(section.strata, key))):
             frame.insert(0, name, value)
         frames.append(frame)
@@ -516,7 +569,14 @@ def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: b
             f"- curvature {fit.curvature:.4f}, 95% CI [{fit.curvature_ci[0]:.4f}, {fit.curvature_ci[1]:.4f}]\n"
             f"- **verdict: {fit.verdict}** — {fit.detail}\n")
     titles = {"mapping": "mapping", "init": "init", "setting": "setting (KD vs no KD)"}
-    for section in group_sections(runs):
+    sections = group_sections(runs)
+    if sections:
+        count = comparison_count(sections)
+        parts.append(f"Group comparisons below: {count} differences to a reference arm, each with a 95 % Welch "
+                     f"interval from the two arms' own seeds (dev F1; test F1 beside it, read once per arm), "
+                     f"none corrected for multiplicity: about {0.05 * count:.1f} of {count} would exclude 0 "
+                     f"by chance alone.\n")
+    for section in sections:
         frame = section_frame(section)
         frame = frame.rename(columns={"diff": f"diff_vs_{section.reference}"})
         unreplicated = frame["within_noise"].isna().all()

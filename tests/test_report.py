@@ -24,7 +24,7 @@ from fake_runs import FakeStudy, concave_score, log_fake_study, log_unfinished_t
 
 EN = ["teacher / student", "setting", "init", "score (dev F1)"]
 ZH = ["模型的参数选取", "蒸馏设定", "初始化方式", "产出模型表现"]
-EXTRAS = ["test F1", "retention", "student params", "compression", "diagnosis", "study"]
+EXTRAS = ["test F1", "retention", "student params", "compression", "diagnosis", "study", "MLflow runs"]
 PAIR = "T: MiniLM-L6 (6 layers), S: MiniLM (3 layers)"
 TEACHER_PAIR = "T: MiniLM-L6 (6 layers) (teacher, reference)"
 SCORE = re.compile(r"^(\d+\.\d\d) ± (\d+\.\d\d) \(n=(\d+)\)$")
@@ -356,7 +356,7 @@ def test_update_regenerates_each_named_region_from_its_own_studies_and_keeps_the
     region = data[len(head + named):data.index(middle)]
     header, rows = markdown_rows(region)
     assert header[:4] == EN and len(rows) == 4  # init_strategy alone, as with --study init_strategy
-    assert all(row[-1] == "init_strategy" for row in rows)
+    assert all(row[len(EN) + EXTRAS.index("study")] == "init_strategy" for row in rows)
     assert "kept the region of init_strategy, not_in_this_store" in err
 
 
@@ -563,3 +563,36 @@ def test_a_mapping_study_without_uniform_is_compared_with_its_best_mapping(tmp_p
     assert "### no_uniform: dev F1 by mapping (vs skip, F1 points)" in out
     header, rows = markdown_rows(out.split("### no_uniform: dev F1 by mapping")[1])
     assert "diff_vs_skip" in header
+
+
+def test_report_from_committed_run_records_matches_the_store(store, headline, tmp_path, monkeypatch, capsys):
+    from distill_lab.records import export_experiment
+
+    uri, _ = headline
+    for name in store.studies:
+        export_experiment(name, store.uri, tmp_path / "records")
+    export_experiment("headline", uri, tmp_path / "records")
+    code, from_store, _ = call_cli(monkeypatch, capsys, "report", "--tracking-uri", store.uri)
+    assert code == 0
+    code, from_records, _ = call_cli(monkeypatch, capsys, "report", "--records", str(tmp_path / "records"),
+                                     *[arg for name in store.studies for arg in ("--study", name)])
+    assert code == 0 and from_records == from_store
+    # The analysis (Welch intervals, KD vs no KD, test F1 beside dev F1) reads the records as the store.
+    code, analysed_store, _ = call_cli(monkeypatch, capsys, "report", "--analysis", "--study", "headline",
+                                       "--tracking-uri", uri)
+    code2, analysed_records, _ = call_cli(monkeypatch, capsys, "report", "--analysis", "--study", "headline",
+                                          "--records", str(tmp_path / "records"))
+    assert code == code2 == 0 and analysed_records == analysed_store
+    assert "test_ci_low" in analysed_records and "differences to a reference arm" in analysed_records
+    # Every score cell names the runs it comes from.
+    header, rows = markdown_rows(from_records)
+    column = header.index("MLflow runs")
+    assert all(re.fullmatch(r"[0-9a-f]{8}( [0-9a-f]{8})*", row[column]) for row in rows)
+
+
+def test_report_records_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    code, _, err = call_cli(monkeypatch, capsys, "report", "--records", str(tmp_path / "none"))
+    assert code == 2 and "no such run-record export" in err and "Traceback" not in err
+    code, _, err = call_cli(monkeypatch, capsys, "report", "--records", str(tmp_path), "--tracking-uri",
+                            "sqlite:///x.db")
+    assert code == 2 and "choose one" in err
