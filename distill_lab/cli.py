@@ -5,6 +5,7 @@ Every DistillLabError becomes one line on stderr and exit code 2; `--debug` show
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -375,12 +376,21 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as err:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.ClickException):
+        if isinstance(err, _click_exceptions()):
             err.show()
             sys.exit(err.exit_code)
         raise
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    """Usage-error classes: click's, and those of the copy of click that newer typer releases vendor."""
+    classes = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            classes.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(classes)
 
 
 if __name__ == "__main__":

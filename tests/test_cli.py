@@ -90,6 +90,14 @@ def test_cli_module_entry_point_unknown_key(tmp_path):
                        "studies/quickstart.yaml)")
 
 
+@pytest.mark.parametrize("args, fragment", [(["no-such-command"], "No such command 'no-such-command'"),
+                                            (["report", "--no-such-option"], "No such option: --no-such-option")])
+def test_cli_usage_errors_are_usage_lines_not_tracebacks(capfd, args, fragment):
+    code, _, err = _main(capfd, *args)
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert "Usage: " in err
+
+
 def test_cli_validates_quickstart(capfd, monkeypatch):
     monkeypatch.chdir(REPO)
     code, out, err = _main(capfd, "validate", "studies/quickstart.yaml")
