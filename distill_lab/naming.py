@@ -15,9 +15,10 @@ INIT_NAMES = {
 
 def mapping_name(config: RunConfig) -> str:
     mapping = config.distill.layer_mapping
+    name = mapping.strategy
     if mapping.strategy == "explicit" and mapping.pairs:
-        return "explicit[" + ",".join(f"{t}>{s}" for t, s in mapping.pairs) + "]"
-    return mapping.strategy
+        name = "explicit[" + ",".join(f"{t}>{s}" for t, s in mapping.pairs) + "]"
+    return name + ("+emb" if mapping.include_embeddings else "")
 
 
 def setting(config: RunConfig) -> str:
@@ -26,6 +27,8 @@ def setting(config: RunConfig) -> str:
     text = f"T={distill.temperature:.3g} a={distill.alpha_hard:.2g}/{distill.alpha_soft:.2g}/{distill.alpha_hidden:.2g}"
     if distill.alpha_attention:
         text += f"/att{distill.alpha_attention:.2g}"
+    if distill.alpha_soft and distill.soft_positions == "all_subtokens":
+        text += " soft@subtokens"
     if distill.alpha_hidden or distill.alpha_attention:
         text += f" map={mapping_name(config)}"
     if distill.class_weights != "none":

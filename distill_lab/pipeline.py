@@ -15,7 +15,8 @@ from distill_lab.data.align import EncodedSplit, encode_sentences
 from distill_lab.data.corpus import NerCorpus
 from distill_lab.data.loader import load_corpus, training_sentences
 from distill_lab.distill.engine import Objective, OnEval, TrainRecipe, TrainResult, resolve_device, train
-from distill_lab.distill.mapping import LayerMapping, build_mapping, describe, teacher_layers_needed
+from distill_lab.distill.mapping import (LayerMapping, build_mapping, describe, teacher_layers_needed,
+                                        transformer_pairs)
 from distill_lab.distill.projection import build_projections
 from distill_lab.distill.teacher_cache import live_teacher_targets, teacher_targets
 from distill_lab.paths import home_dir
@@ -201,12 +202,24 @@ def check_models(config: RunConfig) -> None:
     if distill.alpha_hidden > 0 or distill.alpha_attention > 0:
         mapping = distill.layer_mapping
         build_mapping(mapping.strategy, n_teacher, n_student,
-                      pairs=[list(p) for p in mapping.pairs] if mapping.pairs else None, groups=mapping.groups)
-    if distill.alpha_attention > 0 and student_ref is not None:
+                      pairs=[list(p) for p in mapping.pairs] if mapping.pairs else None, groups=mapping.groups,
+                      include_embeddings=mapping.include_embeddings)
+    token_level = _token_level_losses(distill)
+    if token_level and student_ref is not None:
         teacher_tokenizer = models.load_tokenizer(teacher_ref, teacher_config.model_type)
         student_tokenizer = models.load_tokenizer(student_ref)
         if not _same_tokenizer(teacher_tokenizer, student_tokenizer):
-            raise SpecError("distill.alpha_attention: attention-map loss needs teacher and student to share a tokenizer")
+            raise SpecError(f"{token_level[0]} needs teacher and student to share a tokenizer")
+
+
+def _token_level_losses(distill: Any) -> list[str]:
+    """The losses that compare sub-token positions, so need one tokenizer for both models."""
+    needs = []
+    if distill.alpha_attention > 0:
+        needs.append("distill.alpha_attention: attention-map loss")
+    if distill.alpha_soft > 0 and distill.soft_positions == "all_subtokens":
+        needs.append("distill.soft_positions: all_subtokens (a soft loss at every sub-token)")
+    return needs
 
 
 def _same_tokenizer(a: Any, b: Any) -> bool:
@@ -240,10 +253,13 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     if distill.alpha_hidden > 0 or distill.alpha_attention > 0:
         spec = distill.layer_mapping
         mapping = build_mapping(spec.strategy, n_teacher, n_student,
-                                pairs=[list(p) for p in spec.pairs] if spec.pairs else None, groups=spec.groups)
+                                pairs=[list(p) for p in spec.pairs] if spec.pairs else None, groups=spec.groups,
+                                include_embeddings=spec.include_embeddings and distill.alpha_hidden > 0)
     same_tokenizer = _same_tokenizer(teacher.tokenizer, tokenizer)
-    if distill.alpha_attention > 0 and not same_tokenizer:
-        raise SpecError("distill.alpha_attention: attention-map loss needs teacher and student to share a tokenizer")
+    token_level = _token_level_losses(distill)
+    if token_level and not same_tokenizer:
+        raise SpecError(f"{token_level[0]} needs teacher and student to share a tokenizer")
+    token_logits = distill.alpha_soft > 0 and distill.soft_positions == "all_subtokens"
 
     label2id = _label2id(labels)
     max_length = config.data.max_length
@@ -261,7 +277,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     attention_mapping: tuple[tuple[int, int], ...] = ()
     if needs_teacher:
         if distill.alpha_attention > 0:
-            attention_mapping = tuple((max(group), student_layer) for group, student_layer in mapping)
+            attention_mapping = tuple((max(group), student_layer) for group, student_layer in transformer_pairs(mapping))
             _use_eager_attention(teacher.model)
             _use_eager_attention(student)
         cache = config.training.teacher_cache
@@ -270,7 +286,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         if cache == "off":
             targets = live_teacher_targets(teacher.model, teacher_train, layers=hidden_layers,
                                            word_level_hidden=not same_tokenizer, attention_layers=attention_layers,
-                                           device=device)
+                                           device=device, token_logits=token_logits)
         else:
             # Outputs of a bf16 forward differ from fp32 ones: cached under their own key.
             fingerprint = teacher.fingerprint + ("" if run_precision == "fp32" else f"-{run_precision}")
@@ -280,7 +296,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
                     word_level_hidden=not same_tokenizer, attention_layers=attention_layers,
                     batch_size=config.training.eval_batch_size, device=device,
                     cache_dir=home_dir() / "teacher_outputs" if cache == "disk" else None,
-                    max_bytes=int(config.training.teacher_cache_max_gb * 1e9))
+                    max_bytes=int(config.training.teacher_cache_max_gb * 1e9), token_logits=token_logits)
     projections = None
     if distill.alpha_hidden > 0:
         projection = distill.projection
@@ -288,7 +304,8 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
                                         projection.kind, projection.direction, projection.kernel_size)
     objective = Objective(
         alpha_hard=distill.alpha_hard, alpha_soft=distill.alpha_soft, alpha_hidden=distill.alpha_hidden,
-        alpha_attention=distill.alpha_attention, temperature=distill.temperature, hidden_kind=distill.hidden_loss,
+        alpha_attention=distill.alpha_attention, temperature=distill.temperature,
+        soft_positions=distill.soft_positions, hidden_kind=distill.hidden_loss,
         teacher=targets, layer_mapping=mapping if distill.alpha_hidden > 0 else (),
         attention_mapping=attention_mapping, projections=projections,
         projection_direction=distill.projection.direction,

@@ -160,17 +160,20 @@ def suggest(trial: optuna.Trial, spec: StudySpec, *, n_teacher: int, n_student: 
             params[path] = decode(trial.suggest_categorical(path, [_encode(c) for c in choices]))
         elif isinstance(param, MappingStrategyParam):
             strategy = trial.suggest_categorical(path, list(param.choices))
-            params[path] = {"strategy": strategy, "pairs": None, "groups": None}
+            params[path] = {"strategy": strategy, "pairs": None, "groups": None,
+                            "include_embeddings": spec.distill.layer_mapping.include_embeddings}
         elif isinstance(param, MonotoneMappingParam):
             # The student's depth may itself be searched: use the sampled value when present.
             students = int(params.get("student.from_teacher.num_layers", n_student))
             layers = suggest_monotone(trial, n_teacher, students, pin_ends=param.pin_ends)
-            params[path] = {"strategy": "explicit", "pairs": [[t, s] for s, t in enumerate(layers)], "groups": None}
+            params[path] = {"strategy": "explicit", "pairs": [[t, s] for s, t in enumerate(layers)], "groups": None,
+                            "include_embeddings": spec.distill.layer_mapping.include_embeddings}
     if MAPPING_KEY in params:
         mapping = params[MAPPING_KEY]
         students = int(params.get("student.from_teacher.num_layers", n_student))
         # Validate before training: a bad sampled combination fails the trial, not the run.
-        build_mapping(mapping["strategy"], n_teacher, students, pairs=mapping["pairs"], groups=mapping["groups"])
+        build_mapping(mapping["strategy"], n_teacher, students, pairs=mapping["pairs"], groups=mapping["groups"],
+                      include_embeddings=bool(mapping.get("include_embeddings")))
     return params
 
 

@@ -197,6 +197,7 @@ class LayerMappingSpec(_Model):
     strategy: Literal["uniform", "explicit", "many_to_one", "last", "skip"] = "uniform"
     pairs: list[tuple[int, int]] | None = None  # explicit: [teacher_layer, student_layer]
     groups: list[list[int]] | None = None  # many_to_one: teacher layers per student layer
+    include_embeddings: bool = False  # also match the embedding outputs (TinyBERT's layer 0)
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> "LayerMappingSpec":
@@ -222,6 +223,9 @@ class DistillSpec(_Model):
     alpha_hidden: float = 0.0
     alpha_attention: float = 0.0
     hidden_loss: Literal["mse", "cosine"] = "mse"
+    # Where the soft loss compares teacher and student: each word's first sub-token, or every
+    # attended sub-token (TextBrewer's NER recipe; needs one tokenizer for teacher and student).
+    soft_positions: Literal["first_subtoken", "all_subtokens"] = "first_subtoken"
     layer_mapping: LayerMappingSpec = LayerMappingSpec()
     projection: ProjectionSpec = ProjectionSpec()
     class_weights: Union[Literal["none", "inverse_frequency"], dict[str, float]] = "none"

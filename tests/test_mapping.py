@@ -268,8 +268,11 @@ def test_describe_groups_and_single():
     assert describe(build_mapping("last", 3, 1)) == "2->0"
 
 
-def test_hidden_index_skips_embedding_output():
+def test_hidden_index_skips_embedding_output_which_is_layer_minus_one():
     assert hidden_index(0) == 1
     assert hidden_index(11) == 12
-    with pytest.raises(ValueError, match="non-negative int"):
-        hidden_index(-1)
+    assert hidden_index(-1) == 0  # EMBEDDINGS: the embedding output, TinyBERT's layer 0
+    with pytest.raises(ValueError, match=r"int >= -1"):
+        hidden_index(-2)
+    with pytest.raises(ValueError, match=r"int >= -1"):
+        hidden_index(True)

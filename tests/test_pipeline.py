@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_lab import models, pipeline
+from distill_lab import models, naming, pipeline
 from distill_lab.data.align import encode_sentences
 from distill_lab.data.corpus import NerCorpus, Sentence
 from distill_lab.data.loader import load_corpus
 from distill_lab.distill import losses
 from distill_lab.distill.engine import Objective
-from distill_lab.distill.mapping import build_mapping
+from distill_lab.distill.mapping import EMBEDDINGS, build_mapping, describe, teacher_layers_needed
 from distill_lab.distill.projection import build_projections
 from distill_lab.distill.teacher_cache import compute_teacher_targets
 from distill_lab.errors import ModelError, SpecError, TrialError
@@ -130,6 +130,47 @@ def test_soft_loss_across_tokenizers_is_computed_at_word_positions(monkeypatch):
     assert parts["hard"].item() > 0 and parts["hidden"].item() == 0.0
 
 
+@torch.no_grad()
+def test_soft_loss_over_all_subtokens_covers_every_attended_token():
+    # A shared tokenizer that splits words ("##" pieces): all sub-tokens are more positions than words.
+    teacher, student = _classifier("tiny-bert-char", 0), _classifier("tiny-bert-char", 1)
+    split = encode_sentences(SENTENCES, _tokenizer("tiny-bert-char"), LABEL2ID, 64)
+    targets = compute_teacher_targets(teacher, split, batch_size=2, token_logits=True)
+    objective = Objective(alpha_hard=0.0, alpha_soft=1.0, temperature=2.0, teacher=targets,
+                          soft_positions="all_subtokens")
+    parts = objective.losses(student, split.batch([0, 1, 2]), CPU)
+    terms = []  # by hand: T^2 * mean over every attended token ([CLS], pieces, [SEP]) of KL(t || s)
+    for encoded in split.encoded:
+        ids = torch.tensor([encoded.input_ids])
+        log_p_t = F.log_softmax(teacher(input_ids=ids).logits[0] / 2.0, -1)
+        log_p_s = F.log_softmax(student(input_ids=ids).logits[0] / 2.0, -1)
+        terms.append((log_p_t.exp() * (log_p_t - log_p_s)).sum(-1))
+    assert sum(t.numel() for t in terms) == 28 + 42 + 25  # every token, not the 22 words
+    assert parts["soft"].item() == pytest.approx((torch.cat(terms).mean() * 4.0).item(), rel=1e-5)
+    first = Objective(alpha_hard=0.0, alpha_soft=1.0, temperature=2.0, teacher=targets).losses(
+        student, split.batch([0, 1, 2]), CPU)
+    assert first["soft"].item() != pytest.approx(parts["soft"].item(), rel=1e-3)  # another set of positions
+
+
+def test_run_with_soft_loss_over_all_subtokens_uses_the_cached_token_logits(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_LAB_HOME", str(tmp_path))
+    config = _config("distill.soft_positions=all_subtokens", "training.teacher_cache=disk")
+    result = run_distillation(config)
+    last = result.train_result.history[-1]
+    assert math.isfinite(last["loss_soft"]) and last["loss_soft"] > 0
+    assert [p.name for p in (tmp_path / "teacher_outputs").glob("*/token_logits.npy")] == ["token_logits.npy"]
+    assert "soft@subtokens" in naming.setting(config)
+
+
+def test_soft_loss_over_all_subtokens_across_tokenizers_is_spec_error_before_teacher(monkeypatch):
+    monkeypatch.setattr(pipeline, "prepare_teacher", _no_teacher)
+    config = _config("student={model: tiny-bert-char, init: {strategy: random}}", "distill.alpha_soft=1.0",
+                     "distill.soft_positions=all_subtokens")
+    with pytest.raises(SpecError, match=r"distill\.soft_positions: all_subtokens .* needs teacher and student "
+                                        r"to share a tokenizer"):
+        run_distillation(config)
+
+
 def _hidden_by_hand(student, student_split, teacher, teacher_split, pairs, projections):
     """Mean over mapped layers of the MSE at the words both models kept (teacher states in fp16)."""
     per_layer = []
@@ -146,6 +187,32 @@ def _hidden_by_hand(student, student_split, teacher, teacher_split, pairs, proje
             diffs.append((s_words - t_words).reshape(-1))
         per_layer.append(torch.cat(diffs).pow(2).mean())
     return torch.stack(per_layer).mean()
+
+
+@torch.no_grad()
+def test_hidden_loss_with_the_embedding_output_matches_hidden_states_zero():
+    teacher = _classifier("tiny-bert", 0)
+    student = _classifier("tiny-bert-char", 1, hidden_size=16)
+    teacher_split = encode_sentences(SENTENCES, _tokenizer("tiny-bert"), LABEL2ID, 20)
+    student_split = encode_sentences(SENTENCES, _tokenizer("tiny-bert-char"), LABEL2ID, 20)
+    mapping = build_mapping("uniform", 4, 2, include_embeddings=True)
+    assert mapping == (((EMBEDDINGS,), EMBEDDINGS), ((0,), 0), ((3,), 1))
+    assert describe(mapping) == "emb->emb 0->0 3->1"
+    targets = compute_teacher_targets(teacher, teacher_split, layers=teacher_layers_needed(mapping),
+                                      word_level_hidden=True)
+    assert set(targets.hidden) == {EMBEDDINGS, 0, 3}
+    torch.manual_seed(5)
+    projections = build_projections(mapping, 16, 32, "linear", "student_to_teacher")
+    assert set(projections) == {"-1", "0", "1"}  # the embeddings get their own projection
+    objective = Objective(alpha_hard=0.0, alpha_hidden=1.0, teacher=targets, layer_mapping=mapping,
+                          projections=projections, projection_direction="student_to_teacher")
+    parts = objective.losses(student, student_split.batch([0, 1, 2]), CPU)
+    # _hidden_by_hand reads hidden_states[layer + 1]: the embeddings (-1) are hidden_states[0].
+    expected = _hidden_by_hand(student, student_split, teacher, teacher_split, [(-1, -1), (0, 0), (3, 1)],
+                               projections)
+    assert parts["hidden"].item() == pytest.approx(expected.item(), rel=1e-5)
+    without = _hidden_by_hand(student, student_split, teacher, teacher_split, [(0, 0), (3, 1)], projections)
+    assert parts["hidden"].item() != pytest.approx(without.item(), rel=1e-3)
 
 
 @torch.no_grad()
@@ -201,6 +268,17 @@ def test_run_with_char_student_distils_at_word_level():
         assert math.isfinite(last[name]) and last[name] > 0
     assert last["loss_total"] == pytest.approx(0.5 * last["loss_hard"] + 0.5 * last["loss_soft"] + last["loss_hidden"])
     assert result.summary()["student"]["init"] == "random"
+
+
+def test_run_with_embedding_output_in_the_hidden_loss_and_attention_maps_of_transformer_layers_only():
+    config = _config("distill.alpha_hidden=1.0", "distill.alpha_attention=0.5",
+                     "distill.layer_mapping={strategy: uniform, include_embeddings: true}")
+    result = run_distillation(config)
+    assert result.layer_mapping[0] == ((EMBEDDINGS,), EMBEDDINGS) and len(result.layer_mapping) == 3
+    last = result.train_result.history[-1]
+    assert math.isfinite(last["loss_hidden"]) and last["loss_hidden"] > 0
+    assert math.isfinite(last["loss_attention"]) and last["loss_attention"] > 0
+    assert "map=uniform+emb" in naming.setting(config)
 
 
 def test_attention_loss_across_tokenizers_is_spec_error_before_teacher(monkeypatch):

@@ -98,3 +98,40 @@ def test_bucketed_batches_are_identical_for_the_same_seed_and_cover_every_senten
     unsorted = [list(range(i, min(i + 4, len(lengths)))) for i in range(0, len(lengths), 4)]
     naive = sum(max(lengths[i] for i in batch) * len(batch) - sum(lengths[i] for i in batch) for batch in unsorted)
     assert padding < naive
+
+
+def test_token_logits_cached_on_request_equal_the_live_teacher_at_every_attended_subtoken(tmp_path):
+    teacher_cache.clear_memory()
+    teacher, split = _teacher_and_split()
+    plain = teacher_targets(teacher, split, teacher_fingerprint="t", cache_dir=tmp_path)
+    assert plain.token_logits is None and "token_logits" not in plain.batch([0, 1], 4, 8)
+    cached = teacher_targets(teacher, split, teacher_fingerprint="t", cache_dir=tmp_path, token_logits=True)
+    assert (next(tmp_path.iterdir()) / "token_logits.npy").is_file()  # added beside the word logits
+    assert cached.token_logits.shape == (sum(len(e.input_ids) for e in split.encoded), teacher.config.num_labels)
+    live = live_teacher_targets(teacher, split, token_logits=True)
+    with torch.no_grad():
+        for indices in bucketed_batches(split.lengths, 8, seed=0, epoch=0):
+            batch = split.batch(indices)
+            n_words, n_tokens = batch["word_positions"].size(1), batch["input_ids"].size(1)
+            a, b = cached.batch(indices, n_words, n_tokens), live.batch(indices, n_words, n_tokens)
+            tokens = batch["attention_mask"].bool()
+            assert torch.equal(a["token_mask"], tokens) and torch.equal(b["token_mask"], tokens)
+            direct = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            assert torch.allclose(a["token_logits"][tokens], direct[tokens], atol=1e-5)
+            assert torch.allclose(b["token_logits"][tokens], direct[tokens], atol=1e-5)
+            # The first sub-token of each word carries the word-level logit.
+            first = torch.gather(a["token_logits"], 1, batch["word_positions"].unsqueeze(-1).expand(
+                -1, -1, a["token_logits"].size(-1)))
+            words = a["mask"]
+            assert torch.allclose(first[words], a["logits"][words], atol=1e-5)
+    teacher_cache.clear_memory()  # a fresh process reads them from disk
+    again = teacher_targets(teacher, split, teacher_fingerprint="t", cache_dir=tmp_path, token_logits=True)
+    np.testing.assert_array_equal(np.asarray(again.token_logits), np.asarray(cached.token_logits))
+
+
+def test_token_logits_need_token_level_positions():
+    import pytest
+
+    teacher, split = _teacher_and_split()
+    with pytest.raises(ValueError, match="share a tokenizer"):
+        teacher_targets(teacher, split, teacher_fingerprint="t", word_level_hidden=True, token_logits=True)

@@ -64,6 +64,7 @@ class Objective:
     alpha_hidden: float = 0.0
     alpha_attention: float = 0.0
     temperature: float = 1.0
+    soft_positions: str = "first_subtoken"  # or all_subtokens: every attended sub-token (same tokenizer)
     hidden_kind: str = "mse"
     teacher: TeacherTargets | None = None
     layer_mapping: LayerMapping = ()
@@ -97,7 +98,11 @@ class Objective:
         parts["soft"] = parts["hidden"] = parts["attention"] = zero
         if self.teacher is not None and (self.alpha_soft > 0 or self.needs_hidden or self.needs_attention):
             targets = self.teacher.batch(batch["index"].tolist(), word_logits.size(1), batch["input_ids"].size(1))
-            if self.alpha_soft > 0:
+            if self.alpha_soft > 0 and self.soft_positions == "all_subtokens":
+                mask = batch["attention_mask"].bool().to(device) & targets["token_mask"].to(device)
+                parts["soft"] = losses.soft_loss(outputs.logits, targets["token_logits"].to(device), mask,
+                                                 self.temperature)
+            elif self.alpha_soft > 0:
                 mask = batch["word_mask"].to(device) & targets["mask"].to(device)
                 parts["soft"] = losses.soft_loss(word_logits, targets["logits"].to(device), mask, self.temperature)
             if self.needs_hidden:

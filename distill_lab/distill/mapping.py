@@ -24,6 +24,10 @@ LayerMapping = tuple[tuple[tuple[int, ...], int], ...]
 _KEY = "distill.layer_mapping"
 
 
+# The embedding output as a "layer" (TinyBERT's layer 0): hidden_states[0] of both models.
+EMBEDDINGS = -1
+
+
 def hidden_index(layer: int) -> int:
     """Index into HF ``outputs.hidden_states`` for transformer layer ``layer`` (0-based).
 
@@ -31,8 +35,8 @@ def hidden_index(layer: int) -> int:
     output and ``hidden_states[i + 1]`` the output of transformer layer ``i``.  Attention
     maps have no embedding entry, so ``attentions[layer]`` needs no shift.
     """
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        raise ValueError(f"hidden_index: layer must be a non-negative int, got {layer!r}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < EMBEDDINGS:
+        raise ValueError(f"hidden_index: layer must be an int >= {EMBEDDINGS} (the embeddings), got {layer!r}")
     return layer + 1
 
 
@@ -243,8 +247,12 @@ def build_mapping(
     *,
     pairs: Sequence[Sequence[int]] | None = None,
     groups: Sequence[Sequence[int]] | None = None,
+    include_embeddings: bool = False,
 ) -> LayerMapping:
     """Build and validate a layer mapping.
+
+    ``include_embeddings`` puts the pair (teacher embeddings -> student embeddings) first, as
+    TinyBERT's layer-0 loss; its index is :data:`EMBEDDINGS` on both sides.
 
     Strategies (keys of :data:`MAPPING_STRATEGIES`):
 
@@ -280,7 +288,12 @@ def build_mapping(
     else:
         mapping = MAPPING_STRATEGIES[strategy](n_teacher, n_student)
     validate_mapping(mapping, n_teacher, n_student)
-    return mapping
+    return (((EMBEDDINGS,), EMBEDDINGS), *mapping) if include_embeddings else mapping
+
+
+def transformer_pairs(mapping: LayerMapping) -> LayerMapping:
+    """The mapping without its embedding pair (attention maps exist for transformer layers only)."""
+    return tuple(entry for entry in mapping if entry[1] != EMBEDDINGS)
 
 
 # --------------------------------------------------------------------------- queries
@@ -303,10 +316,14 @@ def is_monotone(mapping: LayerMapping) -> bool:
 
 def describe(mapping: LayerMapping) -> str:
     """Compact text, e.g. ``"0->0 4->1 8->2 11->3"``; a group reads ``"0+1->0"``."""
-    return " ".join(f"{'+'.join(str(t) for t in group)}->{student}" for group, student in mapping)
+    def name(layer: int) -> str:
+        return "emb" if layer == EMBEDDINGS else str(layer)
+
+    return " ".join(f"{'+'.join(name(t) for t in group)}->{name(student)}" for group, student in mapping)
 
 
 __all__ = [
+    "EMBEDDINGS",
     "LayerMapping",
     "MAPPING_STRATEGIES",
     "build_mapping",
@@ -314,6 +331,7 @@ __all__ = [
     "hidden_index",
     "is_monotone",
     "teacher_layers_needed",
+    "transformer_pairs",
     "uniform_indices",
     "validate_mapping",
 ]

@@ -40,6 +40,9 @@ class TeacherTargets:
     attentions: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # in memory only
     word_level_hidden: bool = False
     live: "LiveTeacher | None" = None  # set when outputs are computed per batch instead
+    # Logits at every sub-token (rows position_offsets[i]:position_offsets[i+1]; token-level only),
+    # for a soft loss over all sub-tokens. None unless a run asked for them.
+    token_logits: np.ndarray | None = None
 
     def batch(self, indices: Sequence[int], n_words: int, n_tokens: int) -> dict[str, object]:
         """Pad the outputs of `indices` to the student's batch shape."""
@@ -64,7 +67,21 @@ class TeacherTargets:
                 out[row, :count] = torch.from_numpy(np.array(values[start:start + count]))
             hidden[layer] = out
         attentions = {layer: _pad_square([maps[i] for i in indices], n_tokens) for layer, maps in self.attentions.items()}
-        return {"logits": logits, "mask": mask, "hidden": hidden, "attentions": attentions}
+        out = {"logits": logits, "mask": mask, "hidden": hidden, "attentions": attentions}
+        if self.token_logits is not None:
+            out["token_logits"], out["token_mask"] = self._token_logits(indices, n_tokens)
+        return out
+
+    def _token_logits(self, indices: Sequence[int], n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.token_logits is not None and self.position_offsets is not None
+        logits = torch.zeros((len(indices), n_tokens, self.token_logits.shape[-1]), dtype=torch.float32)
+        mask = torch.zeros((len(indices), n_tokens), dtype=torch.bool)
+        for row, index in enumerate(indices):
+            start, end = int(self.position_offsets[index]), int(self.position_offsets[index + 1])
+            count = min(end - start, n_tokens)
+            logits[row, :count] = torch.from_numpy(np.array(self.token_logits[start:start + count]))
+            mask[row, :count] = True
+        return logits, mask
 
     @property
     def nbytes(self) -> int:
@@ -84,9 +101,10 @@ class LiveTeacher:
     """Teacher forward per batch (the fallback when the cache would be too large)."""
 
     def __init__(self, teacher: torch.nn.Module, split: EncodedSplit, layers: Sequence[int], word_level: bool,
-                 attention_layers: Sequence[int], device: torch.device | str):
+                 attention_layers: Sequence[int], device: torch.device | str, token_logits: bool = False):
         self.teacher, self.split, self.layers = teacher, split, tuple(layers)
         self.word_level, self.attention_layers, self.device = word_level, tuple(attention_layers), device
+        self.token_logits = token_logits
 
     @torch.no_grad()
     def batch(self, indices: Sequence[int], n_words: int, n_tokens: int) -> dict[str, object]:
@@ -109,7 +127,11 @@ class LiveTeacher:
         for layer in self.attention_layers:
             maps = outputs.attentions[layer].to(torch.float16).cpu()
             attentions[layer] = _pad_square([m for m in maps], n_tokens)
-        return {"logits": logits, "mask": mask, "hidden": hidden, "attentions": attentions}
+        out = {"logits": logits, "mask": mask, "hidden": hidden, "attentions": attentions}
+        if self.token_logits:
+            out["token_logits"] = _fit_length(outputs.logits.float().cpu(), n_tokens)
+            out["token_mask"] = _fit_length(batch["attention_mask"].bool(), n_tokens)
+        return out
 
 
 def _fit_length(values: torch.Tensor, length: int) -> torch.Tensor:
@@ -123,11 +145,17 @@ def _fit_length(values: torch.Tensor, length: int) -> torch.Tensor:
 @torch.no_grad()
 def _forward_all(teacher: torch.nn.Module, split: EncodedSplit, layers: Sequence[int], word_level: bool,
                  with_logits: bool, batch_size: int, device: torch.device | str,
-                 attention_layers: Sequence[int] = ()) -> tuple[np.ndarray | None, dict[int, np.ndarray], dict]:
-    """One teacher pass over `split`, in sentence order (flat arrays)."""
+                 attention_layers: Sequence[int] = (), token_logits: list | None = None,
+                 ) -> tuple[np.ndarray | None, dict[int, np.ndarray], dict]:
+    """One teacher pass over `split`, in sentence order (flat arrays).
+
+    `token_logits`: a list to fill with each sentence's logits at every sub-token (n_tokens, labels).
+    """
     teacher.eval()
     n = len(split)
     per_logits: list[np.ndarray | None] = [None] * n
+    if token_logits is not None:
+        token_logits[:] = [None] * n
     per_hidden: dict[int, list[np.ndarray | None]] = {layer: [None] * n for layer in layers}
     attentions: dict[int, list[torch.Tensor]] = {layer: [torch.empty(0)] * n for layer in attention_layers}
     for indices in bucketed_batches(split.lengths, batch_size, seed=0, epoch=0, shuffle=False):
@@ -136,6 +164,7 @@ def _forward_all(teacher: torch.nn.Module, split: EncodedSplit, layers: Sequence
                           output_hidden_states=bool(layers), output_attentions=bool(attention_layers))
         positions = batch["word_positions"].to(device)
         logits = gather_words(outputs.logits, positions).float().cpu().numpy() if with_logits else None
+        every = outputs.logits.float().cpu().numpy() if token_logits is not None else None
         states = {}
         for layer in layers:
             value = outputs.hidden_states[hidden_index(layer)]
@@ -147,6 +176,8 @@ def _forward_all(teacher: torch.nn.Module, split: EncodedSplit, layers: Sequence
             n_tokens = len(split.encoded[index].input_ids)
             if logits is not None:
                 per_logits[index] = logits[row, :n_words]
+            if every is not None:
+                token_logits[index] = every[row, :n_tokens]
             for layer in layers:
                 per_hidden[layer][index] = states[layer][row, : (n_words if word_level else n_tokens)]
             for layer in attention_layers:
@@ -170,24 +201,39 @@ def cache_key(teacher_fingerprint: str, split: EncodedSplit, word_level: bool) -
     return digest.hexdigest()[:24]
 
 
-def estimate_bytes(split: EncodedSplit, n_labels: int, width: int, n_layers: int, word_level: bool) -> int:
+def estimate_bytes(split: EncodedSplit, n_labels: int, width: int, n_layers: int, word_level: bool,
+                   token_logits: bool = False) -> int:
     words = sum(len(e.word_positions) for e in split.encoded)
-    positions = words if word_level else sum(len(e.input_ids) for e in split.encoded)
-    return words * n_labels * 4 + positions * width * 2 * n_layers
+    tokens = sum(len(e.input_ids) for e in split.encoded)
+    positions = words if word_level else tokens
+    return words * n_labels * 4 + positions * width * 2 * n_layers + (tokens * n_labels * 4 if token_logits else 0)
+
+
+def _token_logits(teacher: torch.nn.Module, split: EncodedSplit, batch_size: int, device: torch.device | str) -> np.ndarray:
+    per_sentence: list = []
+    _forward_all(teacher, split, (), False, False, batch_size, device, token_logits=per_sentence)
+    return np.concatenate(per_sentence).astype(np.float32)
 
 
 def teacher_targets(teacher: torch.nn.Module, split: EncodedSplit, *, teacher_fingerprint: str,
                     layers: Sequence[int] = (), word_level_hidden: bool = False, attention_layers: Sequence[int] = (),
                     batch_size: int = 64, device: torch.device | str = "cpu", cache_dir: Path | None = None,
-                    max_bytes: int | None = None) -> TeacherTargets:
-    """Cached teacher outputs for `split` (memory, then disk, then computed), or a live fallback."""
+                    max_bytes: int | None = None, token_logits: bool = False) -> TeacherTargets:
+    """Cached teacher outputs for `split` (memory, then disk, then computed), or a live fallback.
+
+    token_logits: also the logits at every sub-token (a soft loss over all sub-tokens); only with
+    token-level positions (teacher and student share the tokenizer).
+    """
+    if token_logits and word_level_hidden:
+        raise ValueError("token_logits needs token-level positions: teacher and student must share a tokenizer")
     layers = tuple(sorted(set(layers)))
     width = int(teacher.config.hidden_size)
     n_labels = int(teacher.config.num_labels)
-    if max_bytes is not None and estimate_bytes(split, n_labels, width, len(layers), word_level_hidden) > max_bytes:
+    if max_bytes is not None and estimate_bytes(split, n_labels, width, len(layers), word_level_hidden,
+                                                token_logits) > max_bytes:
         log.warning("teacher-output cache would exceed %.1f GB: running the teacher live at every step",
                     max_bytes / 1e9)
-        live = LiveTeacher(teacher, split, layers, word_level_hidden, attention_layers, device)
+        live = LiveTeacher(teacher, split, layers, word_level_hidden, attention_layers, device, token_logits)
         return TeacherTargets(np.zeros((0, n_labels), np.float32), np.zeros(1, np.int64), live=live,
                               word_level_hidden=word_level_hidden)
     key = cache_key(teacher_fingerprint, split, word_level_hidden)
@@ -208,9 +254,14 @@ def teacher_targets(teacher: torch.nn.Module, split: EncodedSplit, *, teacher_fi
         targets.hidden.update(hidden)
         if cache_dir is not None:
             _save_disk(cache_dir / key, targets, hidden)
+    if token_logits and targets.token_logits is None:  # added on first request, like a missing layer
+        targets.token_logits = _token_logits(teacher, split, batch_size, device)
+        if cache_dir is not None:
+            _save_disk(cache_dir / key, targets, {})
     _MEMORY[key] = targets
     view = TeacherTargets(targets.word_logits, targets.word_offsets, {l: targets.hidden[l] for l in layers},
-                          targets.position_offsets, word_level_hidden=word_level_hidden)
+                          targets.position_offsets, word_level_hidden=word_level_hidden,
+                          token_logits=targets.token_logits if token_logits else None)
     if attention_layers:  # attention maps are large and cheap to skip: kept for this run only
         _, _, attentions = _forward_all(teacher, split, (), False, False, batch_size, device, attention_layers)
         view.attentions = attentions
@@ -235,6 +286,8 @@ def _save_disk(directory: Path, targets: TeacherTargets, new_hidden: dict[int, n
     put("position_offsets.npy", targets.position_offsets)
     for layer, values in new_hidden.items():
         put(f"hidden_{layer}.npy", values)
+    if targets.token_logits is not None:
+        put("token_logits.npy", np.asarray(targets.token_logits))
     meta = {"word_level_hidden": targets.word_level_hidden, "layers": sorted(int(p.stem.split("_")[1])
                                                                            for p in directory.glob("hidden_*.npy"))}
     (directory / "meta.json").write_text(json.dumps(meta))
@@ -245,8 +298,10 @@ def _load_disk(directory: Path) -> TeacherTargets | None:
         meta = json.loads((directory / "meta.json").read_text())
         load = lambda name: np.load(directory / name, mmap_mode="r")  # noqa: E731 - tiny local helper
         hidden = {int(path.stem.split("_")[1]): np.load(path, mmap_mode="r") for path in directory.glob("hidden_*.npy")}
+        every = load("token_logits.npy") if (directory / "token_logits.npy").exists() else None
         return TeacherTargets(load("word_logits.npy"), np.asarray(load("word_offsets.npy")), hidden,
-                              np.asarray(load("position_offsets.npy")), word_level_hidden=meta["word_level_hidden"])
+                              np.asarray(load("position_offsets.npy")), word_level_hidden=meta["word_level_hidden"],
+                              token_logits=every)
     except (OSError, ValueError, KeyError):
         return None
 
@@ -258,21 +313,24 @@ def clear_memory() -> None:
 
 def compute_teacher_targets(teacher: torch.nn.Module, split: EncodedSplit, *, layers: Sequence[int] = (),
                             word_level_hidden: bool = False, attention_layers: Sequence[int] = (),
-                            batch_size: int = 64, device: torch.device | str = "cpu") -> TeacherTargets:
+                            batch_size: int = 64, device: torch.device | str = "cpu",
+                            token_logits: bool = False) -> TeacherTargets:
     """Uncached computation (tests and one-off use): same result as `teacher_targets`."""
     layers = tuple(sorted(set(layers)))
+    every: list | None = [] if token_logits else None
     logits, hidden, attentions = _forward_all(teacher, split, layers, word_level_hidden, True, batch_size, device,
-                                              attention_layers)
+                                              attention_layers, token_logits=every)
     word_counts = [len(e.word_positions) for e in split.encoded]
     position_counts = word_counts if word_level_hidden else [len(e.input_ids) for e in split.encoded]
     return TeacherTargets(logits, _offsets(word_counts), hidden, _offsets(position_counts), attentions,
-                          word_level_hidden)
+                          word_level_hidden, token_logits=np.concatenate(every) if every else None)
 
 
 def live_teacher_targets(teacher: torch.nn.Module, split: EncodedSplit, *, layers: Sequence[int] = (),
                          word_level_hidden: bool = False, attention_layers: Sequence[int] = (),
-                         device: torch.device | str = "cpu") -> TeacherTargets:
-    live = LiveTeacher(teacher, split, tuple(sorted(set(layers))), word_level_hidden, attention_layers, device)
+                         device: torch.device | str = "cpu", token_logits: bool = False) -> TeacherTargets:
+    live = LiveTeacher(teacher, split, tuple(sorted(set(layers))), word_level_hidden, attention_layers, device,
+                       token_logits)
     n_labels = int(teacher.config.num_labels)
     return TeacherTargets(np.zeros((0, n_labels), np.float32), np.zeros(1, np.int64), live=live,
                           word_level_hidden=word_level_hidden)
