@@ -3,7 +3,7 @@
     .venv/bin/pip install -e ".[bench]"        # textbrewer (+ tensorboardX, which it imports)
     DISTILL_LAB_DATA_DIR=../shared/data .venv/bin/python bench/textbrewer_bench.py epoch [--epochs 1]
     DISTILL_LAB_DATA_DIR=../shared/data .venv/bin/python bench/textbrewer_bench.py sweep [--epochs 1]
-    DISTILL_LAB_DATA_DIR=../shared/data DISTILL_LAB_HOME=results/.distill_lab .venv/bin/python bench/textbrewer_bench.py recipe
+    cd results && DISTILL_LAB_DATA_DIR=../../shared/data ../.venv/bin/python ../bench/textbrewer_bench.py recipe
 
 `epoch`: CoNLL-2003 first 2,000 train sentences, MiniLM-L6 teacher (fine-tuned once, cached) ->
 4-layer student (teacher init), soft loss (T=4) + hidden-state MSE on the 4 uniformly mapped
@@ -18,13 +18,17 @@ distill-lab's trials (`run_distillation`, cache in memory across trials) vs the 
 loop of TextBrewer runs (each re-running its teacher), each scored on dev, test and the train sample.
 
 `recipe`: TextBrewer's own CoNLL-2003 recipe (its examples/conll2003_example: run_ner_distill.py and
-run_conll2003_distill_T3.sh) on the teacher of studies/headline_full.yaml (fine-tuned once, shared
-with `make results` through DISTILL_LAB_HOME): the student is the fine-tuned teacher cut to its first
-3 layers (classifier kept), GeneralDistiller with DistillationConfig(temperature=8) and nothing else
-(soft cross-entropy only, no hard loss, no T^2 factor) over every attended sub-token, AdamW with no
-weight decay, linear warmup over 10 % then linear decay, no gradient clipping, batch 32 in random
-order, 2 epochs at lr 1e-4 (the script's values; --epochs / --lr change them), seed 42. Scored with
-distill-lab's seqeval code on the full dev and test sets.
+run_conll2003_distill_T3.sh) on the teacher of a study spec (--spec, default
+studies/headline_teacher.yaml; fine-tuned once and cached, shared with the study through
+DISTILL_LAB_HOME, so run it where the study ran): the student is the fine-tuned teacher cut to its
+first 3 layers (classifier kept), GeneralDistiller with DistillationConfig(temperature=8) and nothing
+else (soft cross-entropy only, no hard loss, no T^2 factor) over every attended sub-token, AdamW with
+no weight decay, linear warmup over 10 % then linear decay, no gradient clipping, batch 32 in random
+order, 2 epochs at lr 1e-4 (the script's values; --epochs / --lr change them). Beside it, per seed,
+its no-KD twin: the same student, batches, optimizer, schedule and budget with gold cross-entropy
+only. Scored with distill-lab's seqeval code on the full dev and test sets; each seed of each arm is
+one MLflow run with role `reference` in experiment `textbrewer_recipe` (--experiment), which
+`distill-lab report` shows as its own study, KD vs twin compared like a study's arms.
 """
 
 from __future__ import annotations
@@ -290,59 +294,165 @@ def _token_adaptor(batch, outputs):
     return {"logits": [outputs["logits"]], "logits_mask": [outputs["mask"]]}
 
 
-def bench_recipe(args: argparse.Namespace) -> None:
+def _recipe_setup(args: argparse.Namespace, seed: int):
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
+    from distill_lab import precision
     from distill_lab.data.align import encode_sentences
     from distill_lab.data.loader import load_corpus
-    from distill_lab.evaluation import evaluate
     from distill_lab.pipeline import build_student, seed_everything
     from distill_lab.spec import load_spec, resolve
     from distill_lab.teacher import prepare_teacher
 
-    textbrewer = _textbrewer()
-    spec = load_spec(ROOT / "studies" / "headline_full.yaml",
-                     ["student.init={strategy: teacher, layers: first}", f"training.seed={args.seed}",
-                      *args.overrides])
+    spec = load_spec(Path(args.spec), ["student.init={strategy: teacher, layers: first}",
+                                       "student.from_teacher.num_layers=3", f"training.seed={seed}", *args.overrides])
     config = resolve(spec)
     corpus = load_corpus(config.data)
-    teacher = prepare_teacher(config, corpus, device=torch.device("cpu"))  # the cached headline teacher
+    # The spec's teacher, fine-tuned once and cached (shared with the study through DISTILL_LAB_HOME).
+    device = torch.device("cpu")
+    # The precision is part of the teacher's fingerprint: resolve it as the study does to reuse its teacher.
+    teacher = prepare_teacher(config, corpus, device=device, precision=precision.resolve(config.training.precision, device))
     teacher.model.eval()
-    print(f"teacher dev F1 {teacher.dev_f1 * 100:.2f} (fingerprint {teacher.fingerprint[:12]})", flush=True)
-    seed_everything(args.seed)
+    seed_everything(seed)
     student, tokenizer, init = build_student(config, teacher, corpus.labels)
-    print(f"student: {init.strategy} init, layers {[source for _, source in init.layer_pairs]}, "
-          f"classifier copied: {init.classifier_copied}", flush=True)
     label2id = {label: i for i, label in enumerate(corpus.labels)}
     encode = lambda sentences: encode_sentences(sentences, tokenizer, label2id, config.data.max_length)  # noqa: E731
-    train_split, dev, test = encode(corpus.train), encode(corpus.dev), encode(corpus.test)
-    generator = torch.Generator().manual_seed(args.seed)
+    splits = encode(corpus.train), encode(corpus.dev), encode(corpus.test)
+    return config, corpus, teacher, student, init, splits
+
+
+def _recipe_batches(train_split, epochs: float, seed: int, batch_size: int = 32) -> list:
+    """RandomSampler order, a new permutation each epoch, cut to `epochs` worth of steps."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
     batches = []
-    for _ in range(math.ceil(args.epochs)):  # RandomSampler order, a new permutation each epoch
+    for _ in range(math.ceil(epochs)):
         order = torch.randperm(len(train_split), generator=generator).tolist()
-        batches += [train_split.batch(order[i:i + 32]) for i in range(0, len(order), 32)]
-    batches = batches[:int(args.epochs * math.ceil(len(train_split) / 32))]
+        batches += [train_split.batch(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    return batches[:int(epochs * math.ceil(len(train_split) / batch_size))]
+
+
+def _train_textbrewer(teacher_model, student, batches: list, optimizer, scheduler_args: dict) -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    textbrewer = _textbrewer()
     output_dir = tempfile.mkdtemp(prefix="textbrewer-")
     train_config = textbrewer.TrainingConfig(device="cpu", log_dir=None, output_dir=output_dir,
                                              ckpt_steps=len(batches))
     distill_config = textbrewer.DistillationConfig(temperature=8)
-    distiller = textbrewer.GeneralDistiller(train_config, distill_config, TokenLevel(teacher.model),
+    distiller = textbrewer.GeneralDistiller(train_config, distill_config, TokenLevel(teacher_model),
                                             TokenLevel(student), _token_adaptor, _token_adaptor)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, eps=1e-8)
-    started = time.perf_counter()
     with distiller:
         distiller.train(optimizer, batches, num_steps=len(batches), scheduler_class=get_linear_schedule_with_warmup,
-                        scheduler_args={"num_warmup_steps": int(0.1 * len(batches)),
-                                        "num_training_steps": len(batches)})
-    seconds = time.perf_counter() - started
+                        scheduler_args=scheduler_args)
     for leftover in Path(output_dir).glob("*.pkl"):
         leftover.unlink()
+
+
+def _train_twin(student, batches: list, optimizer, scheduler_args: dict) -> None:
+    """The no-KD twin: the same student, batches, optimizer and schedule, gold cross-entropy only
+    (at each word's first sub-token, as HF run_ner.py labels them), no gradient clipping."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from distill_lab.data.align import gather_words
+    from distill_lab.distill.losses import hard_loss
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, **scheduler_args)
+    student.train()
+    for batch in batches:
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = hard_loss(gather_words(logits, batch["word_positions"]), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def _recipe_run(args: argparse.Namespace, seed: int, twin: bool) -> dict:
+    import torch
+
+    from distill_lab import models
+    from distill_lab.evaluation import evaluate
+
+    config, corpus, teacher, student, init, (train_split, dev, test) = _recipe_setup(args, seed)
+    batches = _recipe_batches(train_split, args.epochs, seed)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, eps=1e-8)
+    scheduler_args = {"num_warmup_steps": int(0.1 * len(batches)), "num_training_steps": len(batches)}
+    started = time.perf_counter()
+    if twin:
+        _train_twin(student, batches, optimizer, scheduler_args)
+    else:
+        _train_textbrewer(teacher.model, student, batches, optimizer, scheduler_args)
+    seconds = time.perf_counter() - started
     student.eval()
     dev_scores, _ = evaluate(student, dev, corpus.labels)
     test_scores, _ = evaluate(student, test, corpus.labels)
-    print(f"TextBrewer CoNLL recipe, seed {args.seed}, {len(batches)} steps ({args.epochs:g} epochs, lr {args.lr:g}): "
-          f"dev F1 {dev_scores.f1 * 100:.2f}  test F1 {test_scores.f1 * 100:.2f}  train {seconds:.0f} s", flush=True)
+    name = "no-KD twin (CE only)" if twin else "TextBrewer CoNLL recipe"
+    print(f"{name}, seed {seed}, {len(batches)} steps ({args.epochs:g} epochs, lr {args.lr:g}): dev F1 "
+          f"{dev_scores.f1 * 100:.2f}  test F1 {test_scores.f1 * 100:.2f}  train {seconds:.0f} s", flush=True)
+    return {"config": config, "teacher": teacher, "student": student, "init": init, "steps": len(batches),
+            "dev": dev_scores.f1, "test": test_scores.f1, "seconds": seconds,
+            "student_params": models.count_parameters(student), "teacher_params": models.count_parameters(teacher.model)}
+
+
+def _track(tracker, experiment_id: str, args: argparse.Namespace, seed: int, twin: bool, result: dict) -> str:
+    """One MLflow run per seed, role `reference`: the report shows it beside the study's trials."""
+    from distill_lab import models, naming
+
+    teacher = result["teacher"]
+    layers = models.num_layers(result["student"])
+    setting = ("TextBrewer twin: CE only" if twin
+               else "TextBrewer recipe: T=8 soft CE, all sub-tokens")
+    tags = {"role": "reference", "study": args.experiment, "setting": setting,
+            "init": naming.init_name(result["config"]),
+            "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
+            "student": naming.student_name(layers, result["init"].strategy),
+            "student_model": naming.student_model_name(result["config"], teacher.ref.display_name, layers),
+            "teacher_fingerprint": teacher.fingerprint, "seeds": str(seed),
+            "reference_of": "TextBrewer examples/conll2003_example (run_conll2003_distill_T3.sh)"}
+    with tracker.run(experiment_id, f"{'twin' if twin else 'textbrewer'} seed {seed}", tags=tags) as run:
+        run.log_params({"distill.temperature": 1.0 if twin else 8.0, "distill.alpha_hard": 1.0 if twin else 0.0,
+                        "distill.alpha_soft": 0.0 if twin else 1.0, "distill.soft_positions": "all_subtokens",
+                        "training.learning_rate": args.lr, "training.epochs": args.epochs,
+                        "training.batch_size": 32, "training.weight_decay": 0.0, "training.lr_schedule": "linear",
+                        "training.max_grad_norm": "none", "training.seed": seed, "spec": str(args.spec)})
+        run.log_metrics({f"dev_f1_seed{seed}": result["dev"], f"test_f1_seed{seed}": result["test"],
+                         "best_dev_f1": result["dev"], "test_f1": result["test"], "dev_f1": result["dev"],
+                         "teacher_dev_f1": teacher.dev_f1, "teacher_test_f1": teacher.test_f1,
+                         "student_params": result["student_params"], "teacher_params": result["teacher_params"],
+                         "compression": result["teacher_params"] / result["student_params"],
+                         "wall_seconds": result["seconds"], "steps": result["steps"]}, step=result["steps"])
+        return run.run_id
+
+
+def _track_teacher(tracker, experiment_id: str, args: argparse.Namespace, teacher) -> None:
+    from distill_lab import models, naming
+
+    if tracker.find_run(experiment_id, {"role": "teacher", "teacher_fingerprint": teacher.fingerprint}) is not None:
+        return
+    tags = {"role": "teacher", "study": args.experiment, "teacher_fingerprint": teacher.fingerprint,
+            "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model))}
+    with tracker.run(experiment_id, f"teacher {teacher.ref.display_name}", tags=tags) as run:
+        run.log_metrics({"dev_f1": teacher.dev_f1, "test_f1": teacher.test_f1,
+                         "teacher_params": models.count_parameters(teacher.model)})
+
+
+def bench_recipe(args: argparse.Namespace) -> None:
+    from distill_lab.tracking import Tracker, default_tracking_uri
+
+    tracker = None
+    if not args.no_track:
+        tracker = Tracker(default_tracking_uri(args.tracking_uri))
+        experiment_id = tracker.ensure_experiment(args.experiment)
+    arms = [False, True] if args.arm == "both" else [args.arm == "twin"]
+    for seed in args.seeds:
+        for twin in arms:
+            result = _recipe_run(args, seed, twin)
+            if tracker is not None:
+                _track_teacher(tracker, experiment_id, args, result["teacher"])
+                run_id = _track(tracker, experiment_id, args, seed, twin, result)
+                print(f"  MLflow run {run_id} (experiment {args.experiment})", flush=True)
 
 
 def main() -> None:
@@ -351,9 +461,16 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=None, help="default 1 (epoch, sweep), 2 (recipe)")
     parser.add_argument("--lr", type=float, default=1e-4, help="recipe only")
-    parser.add_argument("--seed", type=int, default=42, help="recipe only")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="recipe only")
+    parser.add_argument("--arm", choices=["both", "textbrewer", "twin"], default="both",
+                        help="recipe only: TextBrewer's KD, its no-KD twin, or both (per seed)")
+    parser.add_argument("--spec", default=str(ROOT / "studies" / "headline_teacher.yaml"),
+                        help="recipe only: the study spec whose data and teacher the recipe uses")
+    parser.add_argument("--experiment", default="textbrewer_recipe", help="recipe only: MLflow experiment")
+    parser.add_argument("--tracking-uri", default=None, help="recipe only: MLflow store (default as distill-lab)")
+    parser.add_argument("--no-track", action="store_true", help="recipe only: print, do not log to MLflow")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="recipe only: KEY=VALUE override of studies/headline_full.yaml (repeatable)")
+                        help="recipe only: KEY=VALUE override of the spec (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.epochs is None:

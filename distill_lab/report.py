@@ -43,7 +43,9 @@ class UnknownStudyError(ReportError):
     """A study named on the command line or in a report region has no runs in the store."""
 
 
-ROLES = ("trial", "teacher", "study")
+# reference: runs of a peer's recipe logged beside the studies (bench/textbrewer_bench.py recipe),
+# one run per seed, shown and compared like a study's trials.
+ROLES = ("trial", "teacher", "study", "reference")
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -191,9 +193,9 @@ def _read_database(tracking_uri: str) -> pd.DataFrame | None:
 
 def seed_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (finished trial run, seed) with its best dev F1 and test F1."""
-    trials = runs[(runs["tags.role"] == "trial") & (runs["status"] == "FINISHED")]
+    trials = runs[runs["tags.role"].isin(("trial", "reference")) & (runs["status"] == "FINISHED")]
     if "tags.optuna_state" in trials:
-        trials = trials[trials["tags.optuna_state"] == "COMPLETE"]
+        trials = trials[(trials["tags.optuna_state"] == "COMPLETE") | (trials["tags.role"] == "reference")]
     if trials.empty:
         return pd.DataFrame(columns=["run_id", "seed", "dev_f1", "test_f1"])
     dev_columns = [c for c in trials.columns if re.fullmatch(r"metrics\.dev_f1_seed-?\d+", c)]
@@ -572,7 +574,7 @@ def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: b
     sections = group_sections(runs)
     if sections:
         count = comparison_count(sections)
-        parts.append(f"Group comparisons below: {count} differences to a reference arm, each with a 95 % Welch "
+        parts.append(f"Group comparisons below: {count} difference(s) to a reference arm, each with a 95 % Welch "
                      f"interval from the two arms' own seeds (dev F1; test F1 beside it, read once per arm), "
                      f"none corrected for multiplicity: about {0.05 * count:.1f} of {count} would exclude 0 "
                      f"by chance alone.\n")

@@ -583,7 +583,7 @@ def test_report_from_committed_run_records_matches_the_store(store, headline, tm
     code2, analysed_records, _ = call_cli(monkeypatch, capsys, "report", "--analysis", "--study", "headline",
                                           "--records", str(tmp_path / "records"))
     assert code == code2 == 0 and analysed_records == analysed_store
-    assert "test_ci_low" in analysed_records and "differences to a reference arm" in analysed_records
+    assert "test_ci_low" in analysed_records and "difference(s) to a reference arm" in analysed_records
     # Every score cell names the runs it comes from.
     header, rows = markdown_rows(from_records)
     column = header.index("MLflow runs")
