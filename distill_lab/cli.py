@@ -30,8 +30,22 @@ _state = {"debug": False}
 SetOption = typer.Option(None, "--set", help="Override a spec value: dotted.key=value (repeatable).")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("distill-lab")
+        except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+            number = "unknown (not installed)"
+        print(f"distill-lab {number}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+          show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                            help="Print the version and exit.")) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

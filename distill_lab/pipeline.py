@@ -153,6 +153,7 @@ def check_models(config: RunConfig) -> None:
                                          spec.trust_remote_code, "teacher.checkpoint")
         teacher_config = models.load_config(checkpoint_ref)
     n_teacher = models.num_layers(teacher_config)
+    _check_max_length(config.data.max_length, teacher_config, "teacher")
     student, init = config.student, config.student.init
     copies = init.strategy in ("teacher", "pretrained")
     student_ref = None
@@ -181,6 +182,7 @@ def check_models(config: RunConfig) -> None:
         assert student.model is not None
         student_ref = models.resolve_reference(student.model, field="student.model")
         student_config = models.load_config(student_ref)
+        _check_max_length(config.data.max_length, student_config, "student")
         n_student = n_pretrained = models.num_layers(student_config)
         if init.strategy == "teacher":
             for name in ("vocab_size", "hidden_size", "intermediate_size"):
@@ -210,6 +212,20 @@ def check_models(config: RunConfig) -> None:
         student_tokenizer = models.load_tokenizer(student_ref)
         if not _same_tokenizer(teacher_tokenizer, student_tokenizer):
             raise SpecError(f"{token_level[0]} needs teacher and student to share a tokenizer")
+
+
+# Models whose position ids start after the padding index: two positions fewer are usable.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer")
+
+
+def _check_max_length(max_length: int, model_config: Any, role: str) -> None:
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return
+    usable = positions - 2 if getattr(model_config, "model_type", "") in _OFFSET_POSITIONS else positions
+    if max_length > usable:
+        raise SpecError(f"data.max_length: {max_length} exceeds the {role}'s {usable} positions "
+                        f"(max_position_embeddings {positions}); use at most {usable}")
 
 
 def _token_level_losses(distill: Any) -> list[str]:

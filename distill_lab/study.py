@@ -59,7 +59,11 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
         )
     if is_journal(url):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SpecError(f"--storage {path}: cannot create its directory {path.parent} "
+                            f"({err.strerror or type(err).__name__})") from None
         backend = optuna.storages.journal.JournalFileBackend(
             str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
         return optuna.storages.JournalStorage(backend)

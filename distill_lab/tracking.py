@@ -37,7 +37,11 @@ def _client(uri: str) -> Any:
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except Exception as err:  # noqa: BLE001 - e.g. an unknown URI scheme: one line, not MLflow's traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"tracking URI {uri!r}: {first[:300]}") from None
 
 
 @dataclass

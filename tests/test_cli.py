@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,33 @@ def test_cli_usage_errors_are_usage_lines_not_tracebacks(capfd, args, fragment):
     code, _, err = _main(capfd, *args)
     assert code == 2 and fragment in err and "Traceback" not in err
     assert "Usage: " in err
+
+
+INSTALLED = Path(sys.executable).parent / "distill-lab"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["study", "run", "studies/quickstart.yaml", "--ntrials", "2"], "No such option: --ntrials"),
+    (["study", "run"], "Missing argument 'spec'"),
+    (["study", "run", "studies/quickstart.yaml", "--n-trials", "abc"], "Invalid value for '--n-trials'"),
+    (["validate", "studies/quickstart.yaml", "--set", "data.max_length=4096"],
+     "error: data.max_length: 4096 exceeds the teacher's 512 positions"),
+    (["study", "run", "studies/quickstart.yaml", "--storage", "/proc/no-such-dir/x.journal"],
+     "error: --storage /proc/no-such-dir/x.journal: cannot create its directory"),
+    (["study", "run", "studies/quickstart.yaml", "--tracking-uri", "bogus://x"], "error: tracking URI 'bogus://x'"),
+])
+def test_installed_command_gives_one_clear_error_and_exit_2(tmp_path, args, fragment):
+    env = {**os.environ, "DISTILL_LAB_HOME": str(tmp_path / "home")}
+    done = subprocess.run([str(INSTALLED), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert fragment in done.stderr and "Traceback" not in done.stderr
+    # Usage errors end with click's "Error: ..." line; our own errors are a single "error: ..." line.
+    assert done.stderr.strip().splitlines()[-1].lower().startswith("error: ")
+
+
+def test_installed_command_prints_its_version():
+    done = subprocess.run([str(INSTALLED), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and re.fullmatch(r"distill-lab \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
 
 
 def test_cli_validates_quickstart(capfd, monkeypatch):
