@@ -27,7 +27,8 @@ from distill_lab.errors import SpecError
 
 class _Model(BaseModel):
     # extra="forbid": pydantic silently drops unknown keys otherwise, hiding typos in specs.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` / `.nan` in a spec (or --set) is refused, not trained with.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data

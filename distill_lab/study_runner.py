@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from distill_lab import study as driver
-from distill_lab.errors import DistillLabError, SpecError
+from distill_lab.errors import DistillLabError, SpecError, TrialError
 from distill_lab.tracking import Tracker, default_tracking_uri
 
 
@@ -52,6 +52,7 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     tracker.client.update_run(parent_run_id, status="RUNNING")
     driver._install_sigterm()
     status = "FINISHED"
+    started, stopped = time.monotonic(), None
     progress = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
     try:
@@ -84,6 +85,9 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
                     for process in processes:
                         process.join(timeout=30)
             refresh(study)
+            stopped = _stopped_by_failures(study, ctx, started)
+            if stopped:
+                status = "FAILED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         console.print("interrupted: the current trial's run ended KILLED; run the same command to resume")
@@ -95,7 +99,28 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
         tracker.end_run(parent_run_id, status)
         _log_study_metrics(study, tracker, parent_run_id)
     _print_summary(study, ctx, out)
+    if stopped:
+        raise TrialError(stopped)
     return 0
+
+
+def _stopped_by_failures(study: optuna.Study, ctx: driver.StudyContext, started: float) -> str | None:
+    """Why the study ended short of its trials because trials failed (None: it did not).
+
+    A study whose every trial failed, or that the failure cap stopped, must not exit 0 with a
+    FINISHED parent run; a --timeout that ran out is not a failure.
+    """
+    counts = driver._counts(study)
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    if finished >= ctx.n_trials or (ctx.timeout and time.monotonic() - started >= ctx.timeout):
+        return None
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if not str(t.user_attrs.get("fail_reason", "")).startswith(("surplus", "interrupted"))]
+    if not failed:
+        return None
+    last = str(failed[-1].user_attrs.get("fail_reason", "unknown")).splitlines()[0][:300]
+    return (f"study {ctx.spec.name!r} stopped with {finished} of {ctx.n_trials} trials finished: "
+            f"{len(failed)} failed (last: {last}); `distill-lab study status` lists them")
 
 
 def _log_study_metrics(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:

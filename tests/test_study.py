@@ -419,6 +419,30 @@ def test_run_study_ends_the_parent_run_failed_when_the_coordinator_fails(store, 
     assert study.trials == []
 
 
+def test_a_study_whose_every_trial_fails_is_an_error_with_a_failed_parent_run(store, monkeypatch):
+    from distill_lab.errors import TrialError
+
+    def failing_trial(*args, **kwargs):
+        raise TrialError("loss became nan at step 2")
+
+    monkeypatch.setattr(driver, "run_trial", failing_trial)
+    with pytest.raises(TrialError, match=r"stopped with 0 of 2 trials finished: [4-9] failed \(last: TrialError: "
+                                         r"loss became nan at step 2\)"):
+        _run(_ctx(_spec(), store, n_trials=2))
+    study = _load(store)
+    assert {t.state.name for t in study.trials} == {"FAIL"}
+    parent = _client(store).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FAILED"
+
+
+def test_non_finite_numbers_in_a_spec_are_refused():
+    from distill_lab.errors import SpecError
+
+    for key, value in (("distill.temperature", float("inf")), ("training.learning_rate", float("nan"))):
+        with pytest.raises(SpecError, match="finite number"):
+            _spec({key: value})
+
+
 # --------------------------------------------------------------------------- 8. grid with 2 workers
 def test_study_run_grid_with_two_workers_runs_every_point_exactly_once(store):
     spec_path = _write_spec(store.dir, {
