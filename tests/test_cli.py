@@ -265,7 +265,7 @@ def test_cli_conll_source_without_path(tmp_path, capfd):
 def test_cli_run_unknown_model_reference(tmp_path):
     path = _spec(tmp_path, teacher={"model": "./nope"})
     message = _one_error_line(*_subprocess("run", path, cwd=tmp_path))
-    assert message.startswith("teacher.model: './nope' is not a packaged alias (minilm-l6, tiny-bert, ")
+    assert message.startswith("teacher.model: './nope' is not a packaged alias (minilm-l6, mpnet-base, tiny-bert, ")
     assert message.endswith("not an existing local directory and not a hub id")
 
 

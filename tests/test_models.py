@@ -105,8 +105,8 @@ def test_resolve_reference_unknown_names_field_and_aliases(reference):
 
 def test_packaged_aliases_lists_minilm_and_all_tiny_variants():
     assert models.packaged_aliases() == [
-        "minilm-l6", "tiny-bert", "tiny-bert-char", "tiny-roberta", "tiny-roberta-char",
-        "tiny-electra", "tiny-electra-char", "tiny-deberta", "tiny-deberta-char"]
+        "minilm-l6", "mpnet-base", "tiny-bert", "tiny-bert-char", "tiny-roberta", "tiny-roberta-char",
+        "tiny-electra", "tiny-electra-char", "tiny-deberta", "tiny-deberta-char", "tiny-mpnet", "tiny-mpnet-char"]
 
 
 def test_load_config_hub_id_offline_fails_fast_saying_unreachable():
