@@ -296,3 +296,36 @@ def test_load_conll_dir_rejects_missing_split_listing_names(tmp_path):
     with pytest.raises(DataError, match=r"no dev file found; tried dev\.txt, dev\.conll, "
                                         r"dev\.tsv, dev, valid\.txt.*validation\.txt"):
         load_conll_dir(directory)
+
+
+def test_lines_of_invisible_characters_are_blank_lines_and_counted(tmp_path, caplog):
+    # A stray BOM line and a zero-width-space line between sentences; a BOM glued to a token.
+    path = _write(tmp_path / "glitch.txt", "EU B-ORG\nrejects O\n\ufeff\nGerman B-MISC\n\u200b \u200d\n"
+                                           "\ufeffcall O\n")
+    sentences = read_conll(path)
+    assert [s.tokens for s in sentences] == [("EU", "rejects"), ("German",), ("call",)]
+    assert "3 line(s) with invisible characters" in caplog.text
+
+
+def test_a_token_with_a_space_inside_is_refused_with_its_line(tmp_path):
+    path = _write(tmp_path / "space.txt", "Visit O\nNew York B-LOC\n")
+    with pytest.raises(DataError, match=r"space\.txt:2: 3 columns where line 1 has 2 \('New York B-LOC'\); "
+                                        r"a token with a space inside\?"):
+        read_conll(path)
+    tabbed = _write(tmp_path / "tabbed.txt", "Visit\tO\nNew York\tB-LOC\n")
+    assert read_conll(tabbed)[0].tokens == ("Visit", "New York")
+
+
+def test_words_the_tokenizer_drops_keep_their_tag_as_the_unknown_token(caplog):
+    from distill_lab import models
+    from distill_lab.data.align import encode_sentences
+    from distill_lab.data.corpus import Sentence
+
+    tokenizer = models.load_tokenizer(models.resolve_reference("tiny-bert"))
+    sentence = Sentence(("Mary", "\u200b", "visited", "\x07", "Paris"), ("B-PER", "O", "B-MISC", "O", "B-LOC"))
+    labels = {"O": 0, "B-PER": 1, "B-LOC": 2, "B-MISC": 3}
+    encoded = encode_sentences([sentence], tokenizer, labels, 32).encoded[0]
+    assert encoded.labels == (1, 0, 3, 0, 2)  # every word kept, no tag shifted
+    tokens = tokenizer.convert_ids_to_tokens(list(encoded.input_ids))
+    assert [tokens[p] for p in encoded.word_positions][1::2] == [tokenizer.unk_token, tokenizer.unk_token]
+    assert "2 word(s) the tokenizer turns into no token" in caplog.text

@@ -6,6 +6,7 @@ sub-tokens get no label), so models with different tokenizers still agree on pos
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -16,6 +17,7 @@ from distill_lab.data.corpus import Sentence
 from distill_lab.errors import DataError
 
 IGNORE_INDEX = -100  # torch's cross-entropy default ignore_index
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def encode_sentences(sentences: Sequence[Sentence], tokenizer: Any, label2id: Ma
     if not sentences:
         return EncodedSplit([], [], tokenizer.pad_token_id or 0)
     encoded_batch = tokenizer(
-        [list(sentence.tokens) for sentence in sentences],
+        _tokenizable_words(sentences, tokenizer),
         is_split_into_words=True,
         truncation=True,
         max_length=max_length,
@@ -82,6 +84,28 @@ def encode_sentences(sentences: Sequence[Sentence], tokenizer: Any, label2id: Ma
         encoded.append(EncodedSentence(tuple(encoded_batch["input_ids"][index]), tuple(positions), labels, len(sentence.tokens)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return EncodedSplit(sentences, encoded, pad_id)
+
+
+def _tokenizable_words(sentences: Sequence[Sentence], tokenizer: Any) -> list[list[str]]:
+    """The sentences' words, each word the tokenizer turns into NO token replaced by its unknown token.
+
+    Real corpora carry such words (control or zero-width characters, symbols a vocabulary drops);
+    dropped, they would shift every later label. Replaced, they keep their gold tag and are scored.
+    """
+    words = [list(sentence.tokens) for sentence in sentences]
+    distinct = sorted({word for sentence in words for word in sentence})
+    pieces = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    empty = {word for word, ids in zip(distinct, pieces) if not ids}
+    if not empty:
+        return words
+    unknown = tokenizer.unk_token
+    if unknown is None:
+        raise DataError(f"the tokenizer produces no token for {len(empty)} word(s) (e.g. {sorted(empty)[0]!r}) "
+                        f"and has no unknown token to stand for them; clean the data")
+    count = sum(word in empty for sentence in words for word in sentence)
+    log.warning("%d word(s) the tokenizer turns into no token (e.g. %r) are read as %s; their tags are kept",
+                count, sorted(empty)[0], unknown)
+    return [[unknown if word in empty else word for word in sentence] for sentence in words]
 
 
 def collate(examples: Sequence[EncodedSentence], pad_id: int, indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:

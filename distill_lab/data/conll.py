@@ -3,11 +3,14 @@ between sentences."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from distill_lab.data.corpus import SCHEMES, Sentence, check_tag, to_iob2
 from distill_lab.errors import DataError
+
+log = logging.getLogger(__name__)
 
 _STEMS: dict[str, tuple[str, ...]] = {
     "train": ("train",),
@@ -24,6 +27,9 @@ SPLIT_FILE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 _ASCII_SPACE = " \t\r\n\f\v"
+# Invisible characters that public NER files carry by accident: a stray byte-order mark,
+# zero-width space / non-joiner / joiner, word joiner. A line of only these is a blank line.
+_INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
 _COLUMN_SEP = re.compile(r"[ \t]+")
 
 
@@ -73,6 +79,8 @@ def read_conll(path: Path, scheme: str = "auto", *, labeled: bool = True) -> lis
     tokens: list[str] = []
     tags: list[str] = []
     start = 0  # line number of the current sentence's first token
+    repaired = 0  # lines of invisible characters read as blank, or stripped of a leading one
+    layout: tuple[int, int] | None = None  # (columns, line) of the first token line: all must match
 
     def flush() -> None:
         if tokens:
@@ -84,9 +92,13 @@ def read_conll(path: Path, scheme: str = "auto", *, labeled: bool = True) -> lis
     # Split on "\n" only (not str.splitlines) so stray U+2028 etc. inside tokens are kept;
     # the "\r" of CRLF files is removed by the strip in _columns / the blank-line test.
     for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip(_ASCII_SPACE):
+        visible = line.strip(_ASCII_SPACE + _INVISIBLE)
+        if not visible:
+            repaired += bool(line.strip(_ASCII_SPACE))
             flush()
             continue
+        if line.lstrip(_ASCII_SPACE)[0] in _INVISIBLE:
+            line, repaired = line.lstrip(_ASCII_SPACE + _INVISIBLE), repaired + 1
         cols = _columns(line)
         if cols[0] == "-DOCSTART-":
             # Document boundary; it also ends any sentence not closed by a blank line.
@@ -98,12 +110,23 @@ def read_conll(path: Path, scheme: str = "auto", *, labeled: bool = True) -> lis
                     f"{path}:{lineno}: expected a token and a tag separated by whitespace, "
                     f"found one column {cols[0]!r} (use labeled=False for token-only text)"
                 )
+            layout = layout or (len(cols), lineno)
+            if len(cols) != layout[0]:
+                # "New York B-LOC": a token with a space inside would silently become "New".
+                raise DataError(
+                    f"{path}:{lineno}: {len(cols)} columns where line {layout[1]} has {layout[0]} "
+                    f"({line.strip(_ASCII_SPACE)[:60]!r}); a token with a space inside? separate the columns "
+                    f"with tabs"
+                )
             check_tag(cols[-1], scheme, where=f"{path}:{lineno}")
             tags.append(cols[-1])
         if not tokens:
             start = lineno
         tokens.append(cols[0])
     flush()
+    if repaired:
+        log.warning("%s: %d line(s) with invisible characters (byte-order marks, zero-width spaces) repaired",
+                    path, repaired)
 
     if not sentences:
         what = "file is empty" if not text.strip(_ASCII_SPACE) else "only -DOCSTART-/blank lines"
