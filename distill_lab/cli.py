@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distill_lab.errors import DistillLabError
+from distill_lab.masking import mask_url
 
 app = typer.Typer(help="Sweeps of knowledge distillation for BERT-like NER models.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -351,7 +352,7 @@ def dashboard_serve(spec_or_name: str = typer.Argument(..., help="A spec file or
     from distill_lab.study import load_study
 
     load_study(name, storage_url)  # a clear error for an unknown study before the server starts
-    console.print(f"optuna-dashboard for {storage_url} on http://{host}:{port} (Ctrl-C to stop)")
+    console.print(f"optuna-dashboard for {mask_url(storage_url)} on http://{host}:{port} (Ctrl-C to stop)")
     serve(storage_url, host, port)
 
 

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from distill_lab import models, naming, precision, search_space
 from distill_lab.errors import DistillLabError, SpecError, TrialError
+from distill_lab.masking import mask_url, scrub
 from distill_lab.paths import home_dir
 from distill_lab.spec import StudySpec, resolve
 from distill_lab.tracking import Tracker, TrackingError, confusion_figure, deferred_interrupts, predictions_tsv
@@ -54,7 +55,7 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
     """Optuna storage from a URL or journal file path (never the MLflow database)."""
     if tracking_uri and _same_database(url, tracking_uri):
         raise SpecError(
-            f"--storage {url} is the MLflow tracking database: Optuna and MLflow both keep an alembic_version "
+            f"--storage {mask_url(url)} is the MLflow tracking database: Optuna and MLflow both keep an alembic_version "
             "table and must not share one database; use another database or the default journal file"
         )
     if is_journal(url):
@@ -69,7 +70,7 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
         return optuna.storages.JournalStorage(backend)
     if url.startswith("sqlite") and workers > 1:
         raise SpecError(
-            f"--storage {url}: SQLite cannot serve {workers} concurrent workers well (\"database is locked\"); "
+            f"--storage {mask_url(url)}: SQLite cannot serve {workers} concurrent workers well (\"database is locked\"); "
             "omit --storage to use the journal file under .distill_lab/, or use PostgreSQL "
             "(--storage postgresql+psycopg2://user@host/db)"
         )
@@ -88,7 +89,8 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as err:  # noqa: BLE001 - connection/driver errors become one line
-        raise DistillLabError(f"--storage {url}: cannot open Optuna storage: {str(err).splitlines()[0]}") from err
+        raise DistillLabError(f"--storage {mask_url(url)}: cannot open Optuna storage: "
+                              f"{scrub(str(err).splitlines()[0], url)}") from None
 
 
 def _same_database(storage_url: str, tracking_uri: str) -> bool:
@@ -158,7 +160,7 @@ def create_or_load(ctx: StudyContext, storage: optuna.storages.BaseStorage) -> o
     digest = spec_digest(spec)
     if "spec_digest" in attrs and attrs["spec_digest"] != digest:
         raise SpecError(
-            f"study {spec.name!r} already exists in {ctx.storage_url} with a different spec; "
+            f"study {spec.name!r} already exists in {mask_url(ctx.storage_url)} with a different spec; "
             f"give this one a new name (--set name=...) or use another --storage"
         )
     if "spec_digest" not in attrs:
@@ -174,7 +176,7 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise SpecError(f"no study {name!r} in {storage_url}; studies there: {', '.join(names) or 'none'}") from None
+        raise SpecError(f"no study {name!r} in {mask_url(storage_url)}; studies there: {', '.join(names) or 'none'}") from None
 
 
 def spec_of(study: optuna.Study) -> StudySpec:
@@ -184,18 +186,19 @@ def spec_of(study: optuna.Study) -> StudySpec:
 def ensure_tracking(ctx: StudyContext, study: optuna.Study, tracker: Tracker) -> tuple[str, str]:
     """Experiment and parent run, created once (before any worker starts) and kept in user attrs."""
     attrs = study.user_attrs
-    if attrs.get("mlflow_parent_run_id") and attrs.get("mlflow_tracking_uri") == ctx.tracking_uri:
+    # Stored masked: the Optuna storage (and optuna-dashboard) never holds the tracking password.
+    if attrs.get("mlflow_parent_run_id") and attrs.get("mlflow_tracking_uri") == mask_url(ctx.tracking_uri):
         return attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"]
     experiment_id = tracker.ensure_experiment(ctx.spec.tracking.experiment or ctx.spec.name)
     parent = tracker.create_run(experiment_id, f"study {ctx.spec.name}", tags={
-        "role": "study", "study": ctx.spec.name, "optuna_storage": ctx.storage_url,
+        "role": "study", "study": ctx.spec.name, "optuna_storage": mask_url(ctx.storage_url),
         "mlflow.note.content": ctx.spec.description or ""})
     handle_params = {"study." + k: v for k, v in ctx.spec.study.model_dump(mode="json").items() if k != "search_space"}
     handle_params["study.search_space"] = json.dumps(ctx.spec.study.model_dump(mode="json")["search_space"])
     from distill_lab.tracking import RunHandle
 
     RunHandle(tracker.client, parent).log_params(handle_params)
-    study.set_user_attr("mlflow_tracking_uri", ctx.tracking_uri)
+    study.set_user_attr("mlflow_tracking_uri", mask_url(ctx.tracking_uri))
     study.set_user_attr("mlflow_experiment_id", experiment_id)
     study.set_user_attr("mlflow_parent_run_id", parent)
     return experiment_id, parent

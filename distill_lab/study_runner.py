@@ -16,6 +16,7 @@ from rich.table import Table
 
 from distill_lab import study as driver
 from distill_lab.errors import DistillLabError, SpecError, TrialError
+from distill_lab.masking import mask_url
 from distill_lab.tracking import Tracker, default_tracking_uri
 
 
@@ -144,14 +145,14 @@ def run_worker(ctx: driver.StudyContext, *, console: Console) -> int:
     try:
         study = optuna.load_study(study_name=ctx.spec.name, storage=storage)
     except KeyError:
-        raise SpecError(f"no study {ctx.spec.name!r} in {ctx.storage_url}: create it with `distill-lab study run "
-                        f"SPEC --storage {ctx.storage_url}` first") from None
+        raise SpecError(f"no study {ctx.spec.name!r} in {mask_url(ctx.storage_url)}: create it with `distill-lab study "
+                        f"run SPEC --storage {mask_url(ctx.storage_url)}` first") from None
     if study.user_attrs.get("spec_digest") != driver.spec_digest(ctx.spec):
         raise SpecError(f"study {ctx.spec.name!r} was created from a different spec than this one")
     if "mlflow_parent_run_id" not in study.user_attrs:
         raise SpecError(f"study {ctx.spec.name!r} has no MLflow parent run yet: start it with `study run` first")
     ctx.n_trials = int(study.user_attrs.get("n_trials", ctx.n_trials))
-    ctx.tracking_uri = study.user_attrs.get("mlflow_tracking_uri", ctx.tracking_uri)
+    ctx.tracking_uri = _worker_tracking_uri(study.user_attrs.get("mlflow_tracking_uri"), ctx.tracking_uri)
     driver._install_sigterm()
     try:
         # A worker on another host: its sampler seed must differ from every other worker's.
@@ -160,6 +161,16 @@ def run_worker(ctx: driver.StudyContext, *, console: Console) -> int:
         console.print("worker interrupted: its trial was marked FAIL and its run KILLED")
         return 130
     return 0
+
+
+def _worker_tracking_uri(stored: str | None, own: str) -> str:
+    """The study's tracking store for a joining worker: stored masked, so a password comes from the worker."""
+    if not stored or mask_url(own) == stored:
+        return own
+    if "***" in stored:
+        raise SpecError(f"the study tracks to {stored}: pass --tracking-uri with its password (or set "
+                        f"MLFLOW_TRACKING_URI); it is never stored")
+    return stored
 
 
 def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) -> None:
@@ -171,7 +182,8 @@ def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) 
         params = {k: decode(v) for k, v in best.params.items()}
         out.print(f"best trial #{best.number}: dev F1 {best.value * 100:.2f}  params {params}  "
                   f"MLflow run {best.user_attrs.get('mlflow_run_id', '-')}")
-    out.print(f"Optuna storage: {ctx.storage_url}   MLflow: {ctx.tracking_uri}   (distill-lab ui; distill-lab report)")
+    out.print(f"Optuna storage: {mask_url(ctx.storage_url)}   MLflow: {mask_url(ctx.tracking_uri)}   "
+              "(distill-lab ui; distill-lab report)")
 
 
 def _resolve_name(spec_or_name: str) -> str:
@@ -187,7 +199,7 @@ def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
     name = _resolve_name(spec_or_name)
     storage_url = storage or driver.default_storage()
     study = driver.load_study(name, storage_url)
-    table = Table(title=f"study {name} ({storage_url})")
+    table = Table(title=f"study {name} ({mask_url(storage_url)})")
     for column in ("#", "state", "params", "dev F1", "MLflow run", "seconds", "reason"):
         table.add_column(column, overflow="fold")
     for row in driver.trials_table(study):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distill_lab.errors import DistillLabError
+from distill_lab.masking import check_tracking_credentials, mask_url, scrub
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
@@ -23,7 +24,9 @@ MAX_PARAM_LENGTH = 6000
 
 def default_tracking_uri(explicit: str | None = None, spec_uri: str | None = None) -> str:
     """--tracking-uri, then the spec, then MLFLOW_TRACKING_URI, then MLflow 3's default local store."""
-    return explicit or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = explicit or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    check_tracking_credentials(uri)
+    return uri
 
 
 class TrackingError(DistillLabError):
@@ -41,7 +44,7 @@ def _client(uri: str) -> Any:
         return MlflowClient(tracking_uri=uri)
     except Exception as err:  # noqa: BLE001 - e.g. an unknown URI scheme: one line, not MLflow's traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrackingError(f"tracking URI {uri!r}: {first[:300]}") from None
+        raise TrackingError(f"tracking URI {mask_url(uri)!r}: {scrub(first, uri)[:300]}") from None
 
 
 @dataclass

@@ -291,3 +291,28 @@ def test_scaleout_sqlite_with_workers_is_refused(tmp_path):
     assert not (tmp_path / "o.db").exists()
 
 
+
+
+def test_scaleout_a_storage_password_is_never_stored_or_printed(databases, tmp_path):
+    # PostgreSQL here trusts local connections, so any password connects: plant one in the URL.
+    secret = "S3cretPW9"
+    storage = databases["optuna"].replace("postgres@", f"postgres:{secret}@")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = _grid_spec(tmp_path, "secret2", [1.0, 2.0])
+    done = subprocess.run(CLI + ["study", "run", str(spec), "--storage", storage, "--tracking-uri", tracking],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "postgres:***@" in done.stdout  # the summary names the storage, masked
+    wrong = subprocess.run(CLI + ["study", "run", str(spec), "--storage", storage.replace("secret2", "x") + "_nodb",
+                                  "--tracking-uri", tracking], cwd=tmp_path, env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "cannot open Optuna storage" in wrong.stderr
+    assert secret not in done.stdout + done.stderr + wrong.stdout + wrong.stderr
+    study = _load(databases["optuna"], "secret2")
+    stored = repr(study.user_attrs) + repr(study._storage.get_study_system_attrs(study._study_id)) + "".join(
+        repr(t.user_attrs) + repr(t.system_attrs) + repr(t.params) for t in study.trials)
+    assert secret not in stored
+    runs = _runs(tracking, "secret2")
+    assert runs and all(secret not in repr(r.data.params) + repr(r.data.tags) for r in runs)
+    parent = [r for r in runs if r.data.tags.get("role") == "study"][0]
+    assert parent.data.tags["optuna_storage"] == databases["optuna"].replace("postgres@", "postgres:***@")
