@@ -94,7 +94,7 @@ class FinetuneSpec(_Model):
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    lr_schedule: Literal["linear", "cosine", "constant"] = "constant"
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     seed: int = 13
 
 
@@ -162,7 +162,7 @@ class TrainingSpec(_Model):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    lr_schedule: Literal["linear", "cosine", "constant"] = "constant"
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     seed: int = 13
     eval_every: int = Field(50, ge=1)  # optimizer steps between dev evaluations
     max_steps: int | None = Field(None, ge=1)  # a fixed optimizer-step budget (overrides epochs)

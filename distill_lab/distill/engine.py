@@ -45,7 +45,7 @@ class TrainRecipe:
     eval_every: int = 50
     eval_batch_size: int = 64
     max_steps: int | None = None
-    lr_schedule: str = "constant"  # after warmup: linear or cosine decay to 0, or constant (flat)
+    lr_schedule: str = "linear"  # after warmup: linear or cosine decay to 0, or constant (flat)
     fused_optimizer: bool = True
     precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (autocast, fp32 master weights)
     checkpoint: str = "best_dev"  # which weights the run keeps: best_dev (best evaluation) | last
