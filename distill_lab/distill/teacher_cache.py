@@ -48,44 +48,34 @@ class TeacherTargets:
         """Pad the outputs of `indices` to the student's batch shape."""
         if self.live is not None:
             return self.live.batch(indices, n_words, n_tokens)
-        n_labels = self.word_logits.shape[-1]
-        logits = torch.zeros((len(indices), n_words, n_labels), dtype=torch.float32)
-        mask = torch.zeros((len(indices), n_words), dtype=torch.bool)
-        for row, index in enumerate(indices):
-            start, end = int(self.word_offsets[index]), int(self.word_offsets[index + 1])
-            count = min(end - start, n_words)
-            # np.array copies: the arrays may be read-only memmaps, which torch warns about.
-            logits[row, :count] = torch.from_numpy(np.array(self.word_logits[start:start + count]))
-            mask[row, :count] = True
+        logits, mask = _pad_rows(self.word_logits, self.word_offsets, indices, n_words, torch.float32)
         length = n_words if self.word_level_hidden else n_tokens
-        hidden = {}
-        for layer, values in self.hidden.items():
-            out = torch.zeros((len(indices), length, values.shape[-1]), dtype=torch.float16)
-            for row, index in enumerate(indices):
-                start, end = int(self.position_offsets[index]), int(self.position_offsets[index + 1])
-                count = min(end - start, length)
-                out[row, :count] = torch.from_numpy(np.array(values[start:start + count]))
-            hidden[layer] = out
+        hidden = {layer: _pad_rows(values, self.position_offsets, indices, length, torch.float16)[0]
+                  for layer, values in self.hidden.items()}
         attentions = {layer: _pad_square([maps[i] for i in indices], n_tokens) for layer, maps in self.attentions.items()}
         out = {"logits": logits, "mask": mask, "hidden": hidden, "attentions": attentions}
         if self.token_logits is not None:
-            out["token_logits"], out["token_mask"] = self._token_logits(indices, n_tokens)
+            out["token_logits"], out["token_mask"] = _pad_rows(self.token_logits, self.position_offsets, indices,
+                                                               n_tokens, torch.float32)
         return out
-
-    def _token_logits(self, indices: Sequence[int], n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.token_logits is not None and self.position_offsets is not None
-        logits = torch.zeros((len(indices), n_tokens, self.token_logits.shape[-1]), dtype=torch.float32)
-        mask = torch.zeros((len(indices), n_tokens), dtype=torch.bool)
-        for row, index in enumerate(indices):
-            start, end = int(self.position_offsets[index]), int(self.position_offsets[index + 1])
-            count = min(end - start, n_tokens)
-            logits[row, :count] = torch.from_numpy(np.array(self.token_logits[start:start + count]))
-            mask[row, :count] = True
-        return logits, mask
 
     @property
     def nbytes(self) -> int:
         return int(self.word_logits.nbytes + sum(v.nbytes for v in self.hidden.values()))
+
+
+def _pad_rows(values: np.ndarray, offsets: np.ndarray, indices: Sequence[int], length: int,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows offsets[i]:offsets[i+1] of each sentence i in `indices`, padded/cut to `length`; and their mask."""
+    out = torch.zeros((len(indices), length, values.shape[-1]), dtype=dtype)
+    mask = torch.zeros((len(indices), length), dtype=torch.bool)
+    for row, index in enumerate(indices):
+        start, end = int(offsets[index]), int(offsets[index + 1])
+        count = min(end - start, length)
+        # np.array copies: the arrays may be read-only memmaps, which torch warns about.
+        out[row, :count] = torch.from_numpy(np.array(values[start:start + count]))
+        mask[row, :count] = True
+    return out, mask
 
 
 def _pad_square(values: list[torch.Tensor], length: int) -> torch.Tensor:
