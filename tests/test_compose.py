@@ -40,6 +40,11 @@ def test_compose_mlflow_server_uses_postgres_and_artifact_store():
     assert "mlflow" in command[command.index("--allowed-hosts") + 1].split(",")
 
 
+def test_compose_mlflow_server_runs_without_its_job_runner():
+    environment = _compose()["services"]["mlflow"]["environment"]
+    assert environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
 def test_compose_optuna_and_mlflow_use_different_databases():
     init = (ROOT / "docker" / "postgres-init.sh").read_text()
     assert "CREATE DATABASE optuna" in init and "CREATE DATABASE mlflow" in init
