@@ -73,7 +73,7 @@ results-history: $(STAMP)
 		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$study.yaml --workers 2) || exit 1; \
 	done
 	# Each region of docs/results.md names its studies (<!-- distill-lab:report:begin studies=... -->).
-	cd results && ../$(BIN)/distill-lab report --analysis --update ../docs/results.md
+	cd results && ../$(BIN)/distill-lab report --analysis --log-to-runs --update ../docs/results.md
 	for study in temperature_convexity layer_mapping init_strategy headline_full; do \
 		(cd results && ../$(BIN)/distill-lab dashboard build $$study --out ../docs/img/$$study) || exit 1; \
 	done

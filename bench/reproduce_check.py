@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 REGION = re.compile(r"<!-- distill-lab:report:begin[^>]*-->(.*?)<!-- distill-lab:report:end -->", re.S)
-SCORE = re.compile(r"^\s*(-?\d+\.\d+) ± (\d+\.\d+)(?: \(n=(\d+)\))?\s*$")
+# "mean ± std (n=N)"; one seed is written without a spread ("mean (n=1)", or "mean" for test F1).
+SCORE = re.compile(r"^\s*(-?\d+\.\d+)(?: ± (\d+\.\d+))?(?: \(n=(\d+)\))?\s*$")
 KEYS = ["study", "teacher / student", "setting", "init"]
 
 
@@ -44,8 +45,8 @@ def report_rows(text: str) -> pd.DataFrame:
             dev, test = SCORE.match(row["score (dev F1)"]), SCORE.match(row["test F1"])
             if not dev or not test:
                 raise ValueError(f"unreadable score cells in row {cells}")
-            records.append({**{key: row[key] for key in KEYS}, "dev": float(dev[1]), "dev_std": float(dev[2]),
-                            "n": int(dev[3] or 1), "test": float(test[1]), "test_std": float(test[2])})
+            records.append({**{key: row[key] for key in KEYS}, "dev": float(dev[1]), "dev_std": float(dev[2] or 0),
+                            "n": int(dev[3] or 1), "test": float(test[1]), "test_std": float(test[2] or 0)})
     frame = pd.DataFrame(records, columns=[*KEYS, "dev", "dev_std", "n", "test", "test_std"])
     return frame.drop_duplicates(KEYS)
 

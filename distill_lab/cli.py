@@ -252,6 +252,8 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
            update: Optional[Path] = typer.Option(None, "--update", help="Rewrite the marked region of FILE."),
            records: Optional[Path] = typer.Option(None, "--records", help="Read committed run records (a "
                                                   "`records export` file or directory) instead of a store."),
+           log_to_runs: bool = typer.Option(False, "--log-to-runs", help="With --analysis: also log the "
+                                            "temperature-fit plot and JSON to each study's parent run."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Rebuild the experiment table (teacher/student, setting, init, score) from tracked runs."""
     from distill_lab import report as reporting
@@ -268,6 +270,13 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
     fmt = formats[0] if formats else "markdown"
     if records is not None and tracking_uri is not None:
         raise DistillLabError("--records and --tracking-uri name two sources: choose one")
+    if analysis and fmt != "markdown":
+        raise DistillLabError(f"--analysis writes markdown sections; drop --{fmt} or --analysis")
+    if lang != "en" and fmt in ("csv", "json"):
+        raise DistillLabError(f"--lang {lang} translates the markdown and HTML headers; --{fmt} keeps the column names")
+    if log_to_runs and (records is not None or not analysis):
+        raise DistillLabError("--log-to-runs logs the --analysis figures to a tracking store: needs --analysis, "
+                              "not --records")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     uri = default_tracking_uri(tracking_uri)
     source = f"run records {records}" if records is not None else uri
@@ -278,8 +287,8 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
         runs = reporting.load_records(records, studies) if records is not None else reporting.load_runs(uri, studies)
         text = reporting.render(reporting.experiment_table(runs), fmt, lang)
         if analysis and fmt == "markdown":
-            # Figures go to the study's parent run; committed records have no store to log to.
-            text += "\n" + reporting.analysis_markdown(runs, uri, log_to_parent=records is None)
+            # A reader writes nothing unless asked (--log-to-runs); committed records have no store.
+            text += "\n" + reporting.analysis_markdown(runs, uri, log_to_parent=log_to_runs)
         return text
 
     if update is not None:

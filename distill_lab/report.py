@@ -32,6 +32,8 @@ HEADERS = {
 }
 EXTRA_HEADERS = {"test": "test F1", "retention": "retention", "params": "student params",
                  "compression": "compression", "diagnosis": "diagnosis", "study": "study", "runs": "MLflow runs"}
+EXTRA_HEADERS_ZH = {"test": "测试集 F1", "retention": "保留率", "params": "学生参数量", "compression": "压缩比",
+                    "diagnosis": "诊断", "study": "实验", "runs": "MLflow 运行"}
 RUN_ID_CHARS = 8  # a prefix that finds the run in the MLflow UI's search and in results/records
 
 
@@ -245,7 +247,9 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
         table = table.merge(_most_common(rows, "diagnosis"), on=GROUP_KEYS, how="left")
         table = table.merge(_run_ids(rows), on=GROUP_KEYS, how="left")
         table["diagnosis"] = table["diagnosis"].fillna("")
-        table["retention"] = table["dev_f1_mean"] / table["teacher_dev_f1"]
+        # A teacher at 0 F1 has nothing to retain: no ratio, and its students' diagnosis says why.
+        table["retention"] = (table["dev_f1_mean"] / table["teacher_dev_f1"]).where(table["teacher_dev_f1"] > 0)
+        table.loc[table["teacher_dev_f1"] <= 0, "diagnosis"] = "teacher at 0 F1: nothing to distil"
         table["reference"] = False
         tables.append(table)
     teachers = runs[(runs["tags.role"] == "teacher") & (runs["status"] == "FINISHED")]
@@ -288,7 +292,8 @@ def _most_common(rows: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def _pm(mean: float, std: float, n: int | None = None) -> str:
-    text = f"{mean * 100:.2f} ± {std * 100:.2f}"
+    # One seed has no spread: "± 0.00" would claim one.
+    text = f"{mean * 100:.2f}" if n == 1 else f"{mean * 100:.2f} ± {std * 100:.2f}"
     return f"{text} (n={n})" if n is not None else text
 
 
@@ -299,18 +304,21 @@ def _params(count: float) -> str:
 def formatted(table: pd.DataFrame, lang: str = "en") -> pd.DataFrame:
     """Display strings with the practitioner's four columns first, then the extras."""
     headers = HEADERS[lang]
+    extra = EXTRA_HEADERS_ZH if lang == "zh" else EXTRA_HEADERS
     view = pd.DataFrame({
         headers["pair"]: table["pair"],
         headers["setting"]: table["setting"],
         headers["init"]: table["init"],
         headers["score"]: [_pm(m, s, int(n)) for m, s, n in zip(table["dev_f1_mean"], table["dev_f1_std"], table["n"])],
-        EXTRA_HEADERS["test"]: [_pm(m, s) if m == m else "-" for m, s in zip(table["test_f1_mean"], table["test_f1_std"])],
-        EXTRA_HEADERS["retention"]: [f"{r * 100:.1f}%" if r == r else "-" for r in table["retention"]],
-        EXTRA_HEADERS["params"]: [_params(p) for p in table["student_params"]],
-        EXTRA_HEADERS["compression"]: [f"{c:.2f}x" if c == c else "-" for c in table["compression"]],
-        EXTRA_HEADERS["diagnosis"]: table["diagnosis"].fillna(""),
-        EXTRA_HEADERS["study"]: table["study"],
-        EXTRA_HEADERS["runs"]: table["runs"].fillna("") if "runs" in table else "",
+        extra["test"]: [(f"{m * 100:.2f}" if n == 1 else _pm(m, s)) if m == m else "-"
+                                for m, s, n in zip(table["test_f1_mean"], table["test_f1_std"], table["n"])],
+        extra["retention"]: [f"{r * 100:.1f}%" if r == r and abs(r) != float("inf") else "-"
+                                     for r in table["retention"]],
+        extra["params"]: [_params(p) for p in table["student_params"]],
+        extra["compression"]: [f"{c:.2f}x" if c == c else "-" for c in table["compression"]],
+        extra["diagnosis"]: table["diagnosis"].fillna(""),
+        extra["study"]: table["study"],
+        extra["runs"]: table["runs"].fillna("") if "runs" in table else "",
     })
     return view
 
@@ -587,4 +595,5 @@ def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: b
         within = f", within each {' / '.join(section.strata)}" if section.strata else ""
         parts.append(f"### {section.study}: dev F1 by {titles[section.factor]}{within} "
                      f"(vs {section.reference}, F1 points)\n\n{frame.to_markdown(index=False)}\n{note}")
-    return "\n".join(parts) if parts else "_no study searched distill.temperature, mappings or init strategies, or ran a no-KD arm_\n"
+    return "\n".join(parts) if parts else ("_nothing to analyse: no study has 3 or more distinct temperatures, "
+                                           "searched mappings or init strategies, or a no-KD arm beside KD arms_\n")

@@ -27,7 +27,7 @@ ZH = ["模型的参数选取", "蒸馏设定", "初始化方式", "产出模型�
 EXTRAS = ["test F1", "retention", "student params", "compression", "diagnosis", "study", "MLflow runs"]
 PAIR = "T: MiniLM-L6 (6 layers), S: MiniLM (3 layers)"
 TEACHER_PAIR = "T: MiniLM-L6 (6 layers) (teacher, reference)"
-SCORE = re.compile(r"^(\d+\.\d\d) ± (\d+\.\d\d) \(n=(\d+)\)$")
+SCORE = re.compile(r"^(\d+\.\d\d)(?: ± (\d+\.\d\d))? \(n=(\d+)\)$")  # one seed: no spread
 
 
 class Store:
@@ -162,7 +162,7 @@ def test_markdown_one_row_per_group_plus_teacher_rows(store, markdown):
                                                                 expected["init_name"]))
     assert "T=99" not in markdown  # failed and pruned trials are not reported
     for row in teacher_rows:
-        assert row[1:4] == ["fine-tuned on gold labels", "pretrained weights", "90.50 ± 0.00 (n=1)"]
+        assert row[1:4] == ["fine-tuned on gold labels", "pretrained weights", "90.50 (n=1)"]
 
 
 def test_markdown_scores_are_mean_std_n_of_the_seeds(store, markdown):
@@ -217,6 +217,7 @@ def test_lang_zh_headers(store, monkeypatch, capsys):
     header, rows = markdown_rows(out)
     assert header[:4] == ZH
     assert " | ".join(header[:4]) == "模型的参数选取 | 蒸馏设定 | 初始化方式 | 产出模型表现"
+    assert header[4:] == ["测试集 F1", "保留率", "学生参数量", "压缩比", "诊断", "实验", "MLflow 运行"]  # every header
     assert len(rows) == 9 + 4 + 3 + 3
 
 
@@ -383,8 +384,14 @@ def test_update_of_a_non_utf8_file_is_an_error(store, tmp_path, monkeypatch, cap
 def test_analysis_reports_t_star_and_logs_to_the_parent_run(store, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    code, out, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--tracking-uri", store.uri)
+    client = MlflowClient(store.uri)
+    parent = store.studies["temperature_convexity"].parent_run_id
+    code, quiet, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--tracking-uri", store.uri)
     assert code == 0, err
+    assert client.list_artifacts(parent, "analysis") == []  # a reader writes nothing unless asked
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--log-to-runs", "--tracking-uri", store.uri)
+    assert code == 0, err
+    assert out == quiet
     assert "### temperature_convexity: dev F1 vs temperature" in out
     match = re.search(r"T\* = ([0-9.]+), 95% bootstrap CI \[([0-9.]+), ([0-9.]+)\]", out)
     assert match, out
@@ -395,8 +402,6 @@ def test_analysis_reports_t_star_and_logs_to_the_parent_run(store, tmp_path, mon
     assert "### layer_mapping: dev F1 by mapping (vs uniform, F1 points)" in out
     assert "### init_strategy: dev F1 by init (vs pretrained weights, F1 points)" in out
 
-    client = MlflowClient(store.uri)
-    parent = store.studies["temperature_convexity"].parent_run_id
     names = {item.path for item in client.list_artifacts(parent, "analysis")}
     assert names == {"analysis/temperature_curve.png", "analysis/temperature_fit.json"}
     local = Path(client.download_artifacts(parent, "analysis", str(tmp_path)))
@@ -457,6 +462,9 @@ def test_out_onto_a_directory_is_an_error(store, tmp_path, monkeypatch, capsys):
     (["--update", "README.md", "--csv"], "--update writes a markdown table"),
     (["--lang", "fr"], "--lang 'fr'"),
     (["--update", "does-not-exist.md"], "file not found"),
+    (["--analysis", "--csv"], "--analysis writes markdown sections"),
+    (["--lang", "zh", "--json"], "--lang zh translates the markdown and HTML headers"),
+    (["--log-to-runs"], "--log-to-runs logs the --analysis figures"),
 ])
 def test_bad_option_combinations(store, monkeypatch, capsys, tmp_path, args, fragment):
     monkeypatch.chdir(tmp_path)
