@@ -11,12 +11,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from distill_lab import study as driver
 from distill_lab.errors import DistillLabError, SpecError, TrialError
 from distill_lab.masking import mask_url
+from distill_lab.progress import StudyProgress
 from distill_lab.tracking import Tracker, default_tracking_uri
 
 
@@ -54,24 +54,13 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     driver._install_sigterm()
     status = "FINISHED"
     started, stopped = time.monotonic(), None
-    progress = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+    progress = StudyProgress(console, ctx.spec.name, ctx.n_trials, driver.finished_count(study), _study_line(study))
     try:
         with progress:
-            study_task = progress.add_task("study " + ctx.spec.name[:12], total=ctx.n_trials,
-                                           completed=driver.finished_count(study), info=_study_line(study))
-            stage_tasks: dict[str, Any] = {}
-
-            def stage(name: str, done: int, total: int) -> None:
-                # One bar per stage, restarted for every trial (done drops back to 1).
-                if name not in stage_tasks:
-                    stage_tasks[name] = progress.add_task(name, total=total, info="steps")
-                elif done <= 1:
-                    progress.reset(stage_tasks[name], total=total)
-                progress.update(stage_tasks[name], completed=done, total=total)
+            stage = progress.stage
 
             def refresh(current: optuna.Study) -> None:
-                progress.update(study_task, completed=driver.finished_count(current), info=_study_line(current))
+                progress.study(driver.finished_count(current), _study_line(current))
 
             driver.prepare_shared_teacher(ctx, tracker, experiment_id, parent_run_id, stage=stage)
             if workers == 1:

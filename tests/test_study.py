@@ -204,8 +204,8 @@ def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(stor
         curves = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
                                                    key=lambda m: m.step)] for key in STEP_METRICS[1:]}
         assert {key: len(values) for key, values in curves.items()} == dict.fromkeys(STEP_METRICS[1:], 4)
-        # 8 steps, warmup int(0.1 * 8) = 0, then the constant default schedule.
-        assert curves["learning_rate"] == pytest.approx([1e-2] * 4)  # default: constant schedule
+        # 8 steps, warmup int(0.1 * 8) = 0, then the default linear decay to 0 (logged after steps 2, 4, 6, 8).
+        assert curves["learning_rate"] == pytest.approx([1e-2 * (8 - step) / 8 for step in (2, 4, 6, 8)])
         # total = alpha_hard * hard + alpha_soft * soft (no hidden/attention loss here).
         expected_total = [0.5 * h + 0.5 * s for h, s in zip(curves["loss_hard"], curves["loss_soft"])]
         assert curves["loss_total"] == pytest.approx(expected_total, rel=1e-5)

@@ -1,0 +1,46 @@
+"""Study progress: rich bars in a terminal, plain timestamped lines where stdout is a file or pipe."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from distill_lab.progress import StudyProgress
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_redirected_output_gets_one_line_per_finished_trial_with_eta_and_stage_lines():
+    out, clock = io.StringIO(), Clock()
+    console = Console(file=out, width=200)  # a StringIO is not a terminal
+    with StudyProgress(console, "grid", 4, 0, "done 0", clock=clock) as progress:
+        for done in range(1, 101):
+            progress.stage("distill", done, 100)
+        clock.now += 60
+        progress.study(1, "done 1  best 80.00 (#0)")
+        progress.study(1, "done 1  best 80.00 (#0)")  # nothing new: no line
+        clock.now += 60
+        progress.study(2, "done 2  best 81.00 (#1)")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[0:00:00] study grid: 0/4 trials finished"
+    stage = [line for line in lines if "distill:" in line]
+    assert [line.split("distill: ")[1] for line in stage] == [f"{n}/100 steps" for n in (1, *range(10, 101, 10))]
+    trials = [line for line in lines if "trials finished  done" in line]
+    assert trials == ["[0:01:00] study grid: 1/4 trials finished  done 1  best 80.00 (#0)  ETA 0:03:00",
+                      "[0:02:00] study grid: 2/4 trials finished  done 2  best 81.00 (#1)  ETA 0:02:00"]
+
+
+def test_a_terminal_gets_bars_not_lines():
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True)
+    with StudyProgress(console, "grid", 2, 0, "done 0") as progress:
+        progress.stage("distill", 5, 10)
+        progress.study(1, "done 1")
+    assert "trials finished" not in out.getvalue() and "study grid" in out.getvalue()
