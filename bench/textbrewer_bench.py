@@ -376,6 +376,9 @@ def _recipe_run(args: argparse.Namespace, seed: int, twin: bool) -> dict:
     from distill_lab.evaluation import evaluate
 
     config, corpus, teacher, student, init, (train_split, dev, test) = _recipe_setup(args, seed)
+    print(f"teacher dev F1 {teacher.dev_f1 * 100:.2f} ({'cached' if teacher.reused else 'fine-tuned'}, "
+          f"fingerprint {teacher.fingerprint[:12]}); student {init.strategy} init, layers "
+          f"{[source for _, source in init.layer_pairs]}", flush=True)
     batches = _recipe_batches(train_split, args.epochs, seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, eps=1e-8)
     scheduler_args = {"num_warmup_steps": int(0.1 * len(batches)), "num_training_steps": len(batches)}
