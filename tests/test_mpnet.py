@@ -17,20 +17,13 @@ from distill_lab import models, packaged
 from distill_lab.errors import ModelError
 from distill_lab.pipeline import run_distillation
 from distill_lab.spec import parse_spec, resolve
+from tiny_specs import tiny_run
 
 LABELS = ("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 _BIAS = "encoder.relative_attention_bias.weight"
-# The run of tests/test_pipeline.py (BASE), with an MPNet teacher.
-BASE = {
-    "name": "unit-mpnet",
-    "data": {"source": "synthetic", "synthetic": {"n_train": 48, "n_dev": 24, "n_test": 8}, "max_length": 48,
-             "train_sample_size": 16},
-    "teacher": {"model": "tiny-mpnet", "finetune": {"epochs": 2, "learning_rate": 3.0e-3, "batch_size": 16}},
-    "student": {"from_teacher": {"num_layers": 2}, "init": {"strategy": "teacher", "layers": "uniform"}},
-    "training": {"epochs": 1, "learning_rate": 1.0e-3, "batch_size": 16, "eval_every": 50, "device": "cpu"},
-    "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5},
-}
+# The run of tests/test_pipeline.py, with an MPNet teacher.
+BASE = tiny_run("unit-mpnet", teacher="tiny-mpnet")
 
 
 def _teacher() -> torch.nn.Module:

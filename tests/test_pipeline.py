@@ -22,20 +22,13 @@ from distill_lab.evaluation import evaluate
 from distill_lab.pipeline import build_student, class_weight_tensor, run_distillation
 from distill_lab.spec import DataSpec, RunConfig, SyntheticSpec, parse_spec, resolve
 from distill_lab.teacher import prepare_teacher
+from tiny_specs import TINY_RUN
 
 CPU = torch.device("cpu")
 SYNTHETIC_LABELS = ("O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER")
 
 # Small enough for ~1 s per run; the teacher is fine-tuned once per session and then cached.
-BASE = {
-    "name": "unit",
-    "data": {"source": "synthetic", "synthetic": {"n_train": 48, "n_dev": 24, "n_test": 8}, "max_length": 48,
-             "train_sample_size": 16},
-    "teacher": {"model": "tiny-bert", "finetune": {"epochs": 2, "learning_rate": 3.0e-3, "batch_size": 16}},
-    "student": {"from_teacher": {"num_layers": 2}, "init": {"strategy": "teacher", "layers": "uniform"}},
-    "training": {"epochs": 1, "learning_rate": 1.0e-3, "batch_size": 16, "eval_every": 50, "device": "cpu"},
-    "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5},
-}
+BASE = TINY_RUN
 # The end-to-end setting: a teacher that really learns (~0.7 dev F1) and a randomly initialised student.
 E2E = [
     "data.synthetic={n_train: 300, n_dev: 100, n_test: 20}", "data.max_length=64",
