@@ -52,12 +52,11 @@ def encode_sentences(sentences: Sequence[Sentence], tokenizer: Any, label2id: Ma
     """Tokenise pre-split words and align labels to first sub-tokens (truncating at max_length)."""
     if not sentences:
         return EncodedSplit([], [], tokenizer.pad_token_id or 0)
-    encoded_batch = tokenizer(
-        _tokenizable_words(sentences, tokenizer),
-        is_split_into_words=True,
-        truncation=True,
-        max_length=max_length,
-    )
+    words = [list(sentence.tokens) for sentence in sentences]
+    encoded_batch = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    if _drops_words(encoded_batch, words, max_length):  # rare: only then the per-word check and a second pass
+        words = _tokenizable_words(words, tokenizer)
+        encoded_batch = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
     encoded: list[EncodedSentence] = []
     for index, sentence in enumerate(sentences):
         word_ids = encoded_batch.word_ids(index)
@@ -86,13 +85,22 @@ def encode_sentences(sentences: Sequence[Sentence], tokenizer: Any, label2id: Ma
     return EncodedSplit(sentences, encoded, pad_id)
 
 
-def _tokenizable_words(sentences: Sequence[Sentence], tokenizer: Any) -> list[list[str]]:
+def _drops_words(encoded_batch: Any, words: Sequence[Sequence[str]], max_length: int) -> bool:
+    """True if some sentence lost a word to the tokenizer (not to truncation at max_length)."""
+    for index, sentence in enumerate(words):
+        kept = {word_id for word_id in encoded_batch.word_ids(index) if word_id is not None}
+        truncated = len(encoded_batch["input_ids"][index]) >= max_length
+        if kept != set(range(len(kept))) or (len(kept) < len(sentence) and not truncated):
+            return True
+    return False
+
+
+def _tokenizable_words(words: list[list[str]], tokenizer: Any) -> list[list[str]]:
     """The sentences' words, each word the tokenizer turns into NO token replaced by its unknown token.
 
     Real corpora carry such words (control or zero-width characters, symbols a vocabulary drops);
     dropped, they would shift every later label. Replaced, they keep their gold tag and are scored.
     """
-    words = [list(sentence.tokens) for sentence in sentences]
     distinct = sorted({word for sentence in words for word in sentence})
     pieces = tokenizer(distinct, add_special_tokens=False)["input_ids"]
     empty = {word for word, ids in zip(distinct, pieces) if not ids}
