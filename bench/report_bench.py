@@ -55,9 +55,10 @@ def setup(uri: str, runs: int) -> int:
 
 def report_once(uri: str) -> tuple[float, int, int]:
     from distill_lab import report
+    from distill_lab import records as tracked
 
     start = time.perf_counter()
-    runs = report.load_runs(uri)
+    runs = tracked.load_runs(uri)
     table = report.experiment_table(runs)
     text = report.render(table, "markdown")
     return time.perf_counter() - start, len(runs), len(text.splitlines())

@@ -214,7 +214,9 @@ def _textbrewer_trial(temperature: float, seed: int, sentences: int, epochs: flo
     from distill_lab.data.align import bucketed_batches, encode_sentences
     from distill_lab.data.loader import load_corpus
     from distill_lab.evaluation import evaluate
-    from distill_lab.pipeline import _train_sample, build_student, seed_everything
+    from transformers import set_seed as seed_everything
+
+    from distill_lab.pipeline import _train_sample, build_student
     from distill_lab.spec import parse_spec, resolve
     from distill_lab.teacher import prepare_teacher
 
@@ -300,7 +302,9 @@ def _recipe_setup(args: argparse.Namespace, seed: int):
     from distill_lab import precision
     from distill_lab.data.align import encode_sentences
     from distill_lab.data.loader import load_corpus
-    from distill_lab.pipeline import build_student, seed_everything
+    from transformers import set_seed as seed_everything
+
+    from distill_lab.pipeline import build_student
     from distill_lab.spec import load_spec, resolve
     from distill_lab.teacher import prepare_teacher
 

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats
 
 INTERIOR = "one interior optimum supported"
 
@@ -66,13 +68,10 @@ def _t_star(coefficients: np.ndarray) -> float | None:
 
 
 def _t_ratio(df: int) -> float:
-    """t(0.975, df) / z(0.975) (Cornish-Fisher; no scipy): widens intervals built from few seeds."""
+    """t(0.975, df) / z(0.975): widens intervals built from few seeds."""
     if df <= 0:
         return 1.0
-    z = 1.959963984540054
-    t = (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-         + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
-    return t / z
+    return float(stats.t.ppf(0.975, df) / stats.norm.ppf(0.975))
 
 
 def pooled_seed_noise(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -90,6 +89,31 @@ def pooled_seed_noise(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     df = int(repeated.sum()) - len(np.unique(np.asarray(labels)[repeated]))
     deviations = (frame["score"].to_numpy() - centre)[repeated] * np.sqrt(counts[repeated] / (counts[repeated] - 1))
     return deviations * _t_ratio(df)
+
+
+def _verdict(t_star: float | None, star_ci: tuple[float, float], curvature_ci: tuple[float, float], slope: float,
+             slope_ci: tuple[float, float], low: float, high: float, spread: float,
+             flat_tolerance: float) -> tuple[str, str]:
+    """The temperature fit's verdict and its one-line reason, from the bootstrap intervals."""
+    if curvature_ci[1] < 0 and t_star is not None and low < t_star < high and low <= star_ci[0] \
+            and star_ci[1] <= high:
+        return INTERIOR, (f"concave in log T with its maximum at T*={t_star:.3g} (95% CI "
+                          f"[{star_ci[0]:.3g}, {star_ci[1]:.3g}]) inside [{low:g}, {high:g}]")
+    if curvature_ci[1] < 0 and t_star is not None and low < t_star < high:
+        return "inconclusive", (f"concave with its fitted maximum T*={t_star:.3g} inside [{low:g}, {high:g}], "
+                                f"but its 95% CI [{star_ci[0]:.3g}, {star_ci[1]:.3g}] reaches past the searched range: widen it "
+                                "or add seeds")
+    if curvature_ci[1] < 0 and t_star is not None:
+        return "optimum at the edge", (f"concave, but the fitted maximum T*={t_star:.3g} is outside the searched "
+                                       f"range [{low:g}, {high:g}]")
+    if slope_ci[0] > 0 or slope_ci[1] < 0:
+        direction = "increasing" if slope > 0 else "decreasing"
+        return f"monotone ({direction})", (f"no supported curvature; dev F1 is {direction} in T across "
+                                           f"[{low:g}, {high:g}]")
+    if spread <= flat_tolerance or (curvature_ci[0] <= 0 <= curvature_ci[1]):
+        return "flat", (f"neither curvature nor slope is distinguishable from seed noise (range of means "
+                        f"{spread * 100:.2f} F1 points)")
+    return "inconclusive", "the curve is convex (a minimum, not a maximum)"
 
 
 def fit_temperature(temperatures: Sequence[float], scores: Sequence[float], *, n_bootstrap: int = 2000,
@@ -136,27 +160,8 @@ def fit_temperature(temperatures: Sequence[float], scores: Sequence[float], *, n
     means = grouped.mean()
     spread = float(means.max() - means.min())
 
-    if curvature_ci[1] < 0 and t_star is not None and low < t_star < high and low <= star_ci[0] \
-            and star_ci[1] <= high:
-        verdict, detail = INTERIOR, (f"concave in log T with its maximum at T*={t_star:.3g} (95% CI "
-                                     f"[{star_ci[0]:.3g}, {star_ci[1]:.3g}]) inside [{low:g}, {high:g}]")
-    elif curvature_ci[1] < 0 and t_star is not None and low < t_star < high:
-        verdict = "inconclusive"
-        detail = (f"concave with its fitted maximum T*={t_star:.3g} inside [{low:g}, {high:g}], but its 95% CI "
-                  f"[{star_ci[0]:.3g}, {star_ci[1]:.3g}] reaches past the searched range: widen it or add seeds")
-    elif curvature_ci[1] < 0 and t_star is not None:
-        verdict = "optimum at the edge"
-        detail = f"concave, but the fitted maximum T*={t_star:.3g} is outside the searched range [{low:g}, {high:g}]"
-    elif slope_ci[0] > 0 or slope_ci[1] < 0:
-        direction = "increasing" if slope > 0 else "decreasing"
-        verdict = f"monotone ({direction})"
-        detail = f"no supported curvature; dev F1 is {direction} in T across [{low:g}, {high:g}]"
-    elif spread <= flat_tolerance or (curvature_ci[0] <= 0 <= curvature_ci[1]):
-        verdict = "flat"
-        detail = (f"neither curvature nor slope is distinguishable from seed noise (range of means "
-                  f"{spread * 100:.2f} F1 points)")
-    else:
-        verdict, detail = "inconclusive", "the curve is convex (a minimum, not a maximum)"
+    verdict, detail = _verdict(t_star, star_ci, curvature_ci, slope, slope_ci, low, high,
+                               spread, flat_tolerance)
     return TemperatureFit(
         points=len(frame), temperatures=[float(t) for t in means.index], means=[float(m) for m in means],
         stds=[float(s) if s == s else 0.0 for s in grouped.std()], counts=[int(c) for c in grouped.count()],
@@ -183,8 +188,6 @@ def welch_interval(values: np.ndarray, base: np.ndarray, confidence: float = 0.9
 
     NaN when a side has fewer than 2 seeds; zero width when both sides have no spread at all.
     """
-    from scipy import stats
-
     if len(values) < 2 or len(base) < 2:
         return float("nan"), float("nan")
     diff = float(np.mean(values) - np.mean(base))
@@ -240,12 +243,8 @@ def compare_groups(frame: pd.DataFrame, factor: str, *, reference: str | None = 
 
 def temperature_figure(fit: TemperatureFit, title: str = "dev F1 vs temperature") -> Any:
     """Points with seed error bars, the fitted curve and the T* band (matplotlib figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    figure = Figure(figsize=(6.4, 4.0))  # the object API: no pyplot global state to close
+    axes = figure.subplots()
     temps = np.asarray(fit.temperatures)
     axes.errorbar(temps, np.asarray(fit.means) * 100, yerr=np.asarray(fit.stds) * 100, fmt="o", capsize=4,
                   label="mean ± std over seeds")

@@ -1,6 +1,8 @@
 """distill-lab command line.
 
 Every DistillLabError becomes one line on stderr and exit code 2; `--debug` shows the traceback.
+Each command imports what it needs when it runs: `--help`, a usage error or a bad spec answers
+without loading torch, transformers and MLflow (seconds per call on a small machine).
 """
 
 from __future__ import annotations
@@ -52,19 +54,9 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    import transformers
+    from distill_lab.runtime import quiet_libraries
 
-    transformers.logging.set_verbosity_error()
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    try:
-        transformers.utils.logging.disable_progress_bar()
-    except AttributeError:
-        pass
+    quiet_libraries()
 
 
 @app.command()
@@ -257,14 +249,39 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Rebuild the experiment table (teacher/student, setting, init, score) from tracked runs."""
     from distill_lab import report as reporting
+    from distill_lab.report_analysis import report_text, update_document
     from distill_lab.tracking import default_tracking_uri
 
-    formats = [name for name, chosen in (("markdown", markdown), ("csv", csv), ("html", html), ("json", as_json))
-               if chosen]
+    fmt = _report_format({"markdown": markdown, "csv": csv, "html": html, "json": as_json}, lang, update=update,
+                         records=records, tracking_uri=tracking_uri, analysis=analysis, log_to_runs=log_to_runs)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    uri = default_tracking_uri(tracking_uri)
+    options = {"records": records, "tracking_uri": uri, "fmt": fmt, "lang": lang, "analysis": analysis,
+               "log_to_parent": log_to_runs}
+    if update is not None:
+        source = f"run records {records}" if records is not None else uri
+        for names in update_document(update, study, **options):
+            console.print(f"kept the region of {', '.join(names or [])}: not all of its studies are in {source}")
+        console.print(f"updated the report regions of {update}")
+        return
+    text = report_text(study, **options)
+    if out_file is not None:
+        reporting.write_atomic(out_file, text)
+        console.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
+
+
+def _report_format(chosen: dict[str, bool], lang: str, *, update: Optional[Path], records: Optional[Path],
+                   tracking_uri: Optional[str], analysis: bool, log_to_runs: bool) -> str:
+    """The output format of `report`, after refusing option combinations that cannot be honoured."""
+    from distill_lab.report import HEADERS
+
+    formats = [name for name, on in chosen.items() if on]
     if len(formats) > 1:
         raise DistillLabError(f"choose one output format, got {', '.join('--' + f for f in formats)}")
-    if lang not in reporting.HEADERS:
-        raise DistillLabError(f"--lang {lang!r}: allowed {', '.join(reporting.HEADERS)}")
+    if lang not in HEADERS:
+        raise DistillLabError(f"--lang {lang!r}: allowed {', '.join(HEADERS)}")
     if update is not None and formats and formats[0] != "markdown":
         raise DistillLabError("--update writes a markdown table; drop --csv/--html/--json")
     fmt = formats[0] if formats else "markdown"
@@ -277,39 +294,9 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
     if log_to_runs and (records is not None or not analysis):
         raise DistillLabError("--log-to-runs logs the --analysis figures to a tracking store: needs --analysis, "
                               "not --records")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    uri = default_tracking_uri(tracking_uri)
-    source = f"run records {records}" if records is not None else uri
     if update is not None and not update.is_file():
         raise DistillLabError(f"--update {update}: file not found")
-
-    def text_for(studies: Optional[list[str]]) -> str:
-        runs = reporting.load_records(records, studies) if records is not None else reporting.load_runs(uri, studies)
-        text = reporting.render(reporting.experiment_table(runs), fmt, lang)
-        if analysis and fmt == "markdown":
-            # A reader writes nothing unless asked (--log-to-runs); committed records have no store.
-            text += "\n" + reporting.analysis_markdown(runs, uri, log_to_parent=log_to_runs)
-        return text
-
-    if update is not None:
-        def region_text(names: Optional[list[str]]) -> Optional[str]:
-            if names is None:  # a plain region: the command's own --study selection
-                return text_for(study)
-            try:
-                return text_for(names)
-            except reporting.UnknownStudyError:  # regenerated where its studies' runs are
-                return None
-
-        for names in reporting.update_regions(update, region_text):
-            console.print(f"kept the region of {', '.join(names or [])}: not all of its studies are in {source}")
-        console.print(f"updated the report regions of {update}")
-        return
-    text = text_for(study)
-    if out_file is not None:
-        reporting.write_atomic(out_file, text)
-        console.print(f"wrote {out_file}")
-    else:
-        sys.stdout.write(text)
+    return fmt
 
 
 records_app = typer.Typer(help="Run records: a study's MLflow runs as committed, diffable JSON.", no_args_is_help=True)
@@ -354,11 +341,11 @@ def dashboard_serve(spec_or_name: str = typer.Argument(..., help="A spec file or
     """Start optuna-dashboard on the study's storage."""
     from distill_lab.dashboard import serve
     from distill_lab.study import default_storage
-    from distill_lab.study_runner import _resolve_name
+    from distill_lab.study import load_study
+    from distill_lab.study_runner import study_name
 
     storage_url = storage or default_storage()
-    name = _resolve_name(spec_or_name)
-    from distill_lab.study import load_study
+    name = study_name(spec_or_name)
 
     load_study(name, storage_url)  # a clear error for an unknown study before the server starts
     console.print(f"optuna-dashboard for {mask_url(storage_url)} on http://{host}:{port} (Ctrl-C to stop)")

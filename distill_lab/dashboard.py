@@ -6,21 +6,30 @@ F1 by mapping strategy and by init (box + points), optimisation history, and the
 
 from __future__ import annotations
 
-import html
 import json
 import math
-import re
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from matplotlib.figure import Figure
 
 from distill_lab import report as reporting
+from distill_lab.analysis import temperature_figure
 from distill_lab.errors import DistillLabError
+from distill_lab.report_analysis import temperature_sections, uses_teacher
+from distill_lab.records import load_runs
+from distill_lab.study.storage import open_storage
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "dashboards" / "study.html"
+FALLBACK_TEMPLATE = ("<!DOCTYPE html><title>{{ title }}</title><h1>{{ title }}</h1><p>runs from {{ source }}</p>"
+                     "{% for name, fit in fits %}<p><b>{{ name }}</b>: {{ fit.verdict }}</p>{% endfor %}"
+                     "{% for div in plots %}{{ div | safe }}{% endfor %}{{ table | safe }}")
 
 
 def _trial_frame(runs: pd.DataFrame) -> pd.DataFrame:
@@ -36,8 +45,6 @@ def _trial_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def temperature_plot(fit: Any, rows: pd.DataFrame) -> Any:
-    import plotly.graph_objects as go
-
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=rows["temperature"], y=rows["dev_f1"] * 100, mode="markers", name="seed runs",
                                 marker=dict(size=6, opacity=0.5)))
@@ -65,8 +72,6 @@ def temperature_plot(fit: Any, rows: pd.DataFrame) -> Any:
 
 
 def parallel_plot(trials: pd.DataFrame) -> Any | None:
-    import plotly.graph_objects as go
-
     # The searched values of each trial, as Optuna sampled them (a mapping is a dict: use its name).
     sampled = [json.loads(text) if isinstance(text, str) else {}
                for text in trials.get("params.optuna.params", pd.Series(index=trials.index, dtype=object))]
@@ -106,8 +111,6 @@ def group_plot(rows: pd.DataFrame, factor: str, title: str) -> Any | None:
 
 
 def history_plot(trials: pd.DataFrame) -> Any:
-    import plotly.graph_objects as go
-
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=trials["trial_number"], y=trials["best_dev_f1"] * 100, mode="markers",
                                 name="trial"))
@@ -119,9 +122,7 @@ def history_plot(trials: pd.DataFrame) -> Any:
 
 def build(study: str, tracking_uri: str, out_dir: Path) -> dict[str, Path]:
     """Write index.html (+ PNGs of the temperature curve and the group comparison) into out_dir."""
-    import plotly.io as pio
-
-    runs = reporting.load_runs(tracking_uri, [study])
+    runs = load_runs(tracking_uri, [study])
     trials = _trial_frame(runs)
     if trials.empty:
         raise DistillLabError(f"study {study!r} has no finished trial runs yet")
@@ -133,14 +134,14 @@ def build(study: str, tracking_uri: str, out_dir: Path) -> dict[str, Path]:
         raise DistillLabError(f"--out {out_dir}: cannot create directory ({err.strerror})") from None
     written: dict[str, Path] = {}
     figures = []
-    fits = reporting.temperature_sections(runs, tracking_uri, log_to_parent=False, n_bootstrap=1000)
+    fits = temperature_sections(runs, tracking_uri, log_to_parent=False, n_bootstrap=1000)
     for _, fit in fits:
         figures.append(temperature_plot(fit, rows))
         written["temperature_png"] = _save_temperature_png(fit, out_dir / "temperature_curve.png")
     parallel = parallel_plot(trials)
     if parallel is not None:
         figures.append(parallel)
-    if not rows.empty and (~reporting.uses_teacher(rows)).any() and rows["setting"].nunique() > 1:
+    if not rows.empty and (~uses_teacher(rows)).any() and rows["setting"].nunique() > 1:
         # A study with a no-KD arm: one box per (init, setting), so KD and no KD sit side by side.
         rows = rows.assign(arm=rows["init"].fillna("?") + " | " + rows["setting"].fillna("?"))
     for factor, title in (("mapping", "dev F1 by layer mapping"), ("init", "dev F1 by student init"),
@@ -160,38 +161,24 @@ def build(study: str, tracking_uri: str, out_dir: Path) -> dict[str, Path]:
 
 
 def _page(study: str, tracking_uri: str, divs: list[str], table_html: str, fits: list[Any]) -> str:
-    template = TEMPLATE.read_text(encoding="utf-8") if TEMPLATE.is_file() else "{{title}}{{summary}}{{plots}}{{table}}"
-    summary = "".join(
-        f"<p><b>{html.escape(name)}</b>: {html.escape(fit.verdict)} — {html.escape(fit.detail)}</p>" for name, fit in fits)
-    plots = "\n".join(f'<section class="plot">{div}</section>' for div in divs)
-    slots = {"title": html.escape(f"distill-lab — {study}"), "source": html.escape(tracking_uri),
-             "summary": summary, "plots": plots, "table": table_html}
-    # The template's comments name the slots: filled in, they held a second copy of every plot and
-    # of plotly.js (twice the page size). Drop comments, then fill each slot in one pass, so a
-    # filled-in value (the inlined plotly.js, a study name) is never scanned for slots again.
-    template = re.sub(r"<!--.*?-->\n?", "", template, flags=re.S)
-    return re.sub(r"\{\{(title|source|summary|plots|table)\}\}", lambda match: slots[match.group(1)], template)
+    """The page from dashboards/study.html (jinja2, autoescaped: only the plots and the table are raw HTML)."""
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    # An installed wheel has no dashboards/ folder: a bare page then, with the same slots.
+    source = TEMPLATE.read_text(encoding="utf-8") if TEMPLATE.is_file() else FALLBACK_TEMPLATE
+    return environment.from_string(source).render(
+        title=f"distill-lab — {study}", source=tracking_uri, fits=fits, plots=divs, table=table_html)
 
 
 def _save_temperature_png(fit: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from distill_lab.analysis import temperature_figure
-
     figure = temperature_figure(fit)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
 def _save_group_png(rows: pd.DataFrame, factor: str, title: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = [(name, group["dev_f1"].to_numpy() * 100) for name, group in rows.groupby(factor)]
-    figure, axes = plt.subplots(figsize=(max(6.4, 1.9 * len(groups)), 4.0))
+    figure = Figure(figsize=(max(6.4, 1.9 * len(groups)), 4.0))
+    axes = figure.subplots()
     # Wrapped, not cut: "fine-tuned teacher weights" must stay readable under its box.
     labels = [textwrap.fill(str(name), 18) for name, _ in groups]
     axes.boxplot([values for _, values in groups], tick_labels=labels)
@@ -201,14 +188,11 @@ def _save_group_png(rows: pd.DataFrame, factor: str, title: str, path: Path) -> 
     axes.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     """optuna-dashboard on the study's storage (blocks until interrupted)."""
-    from optuna_dashboard import run_server
-
-    from distill_lab.study import open_storage
+    from optuna_dashboard import run_server  # lazy: only `dashboard serve` needs the server's imports
 
     run_server(open_storage(storage_url), host=host, port=port)

@@ -20,11 +20,6 @@ class Scores:
     per_type: dict[str, float] = field(default_factory=dict)
     report: str = ""
 
-    def as_dict(self, prefix: str) -> dict[str, float]:
-        values = {f"{prefix}_f1": self.f1, f"{prefix}_precision": self.precision, f"{prefix}_recall": self.recall}
-        values.update({f"{prefix}_f1_{entity}": score for entity, score in self.per_type.items()})
-        return values
-
 
 def score(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> Scores:
     """Entity-level micro P/R/F1 and per-type F1, as the CoNLL-2003 `conlleval` script counts them.

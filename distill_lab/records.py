@@ -1,17 +1,27 @@
-"""Run records: a study's MLflow runs exported through MLflow's API as small, diffable JSON.
+"""Run records: tracked runs read back as one DataFrame, and exported as small, diffable JSON.
 
-One file per experiment (`<out>/<experiment>.json`): every run's id, name, status, parent, params,
-tags, final metrics and the per-step history of its dev curves, sorted so that an export of the
-same store is byte-identical. These files are committed; the MLflow store they came from is not.
+Reading (`load_runs`, `load_records`): the frame `mlflow.search_runs` gives (run_id, experiment_id,
+status, start_time, tags.*, params.*, metrics.* with the latest value of each metric), from an
+MLflow store or from committed exports, the same columns either way. A database store is read with
+three plain queries (`read_database`; MLflow's ORM takes ~10 s for 2,000 runs), pinned by a test to
+the API's frame (`search_runs_api`), which serves every other store.
+
+Exporting (`export_experiment`): one file per experiment (`<out>/<experiment>.json`): every run's
+id, name, status, parent, params, tags, final metrics and the per-step history of its dev curves,
+sorted so that an export of the same store is byte-identical. These files are committed; the MLflow
+store they came from is not.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import mlflow
 import pandas as pd
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from distill_lab.errors import DistillLabError
@@ -96,7 +106,7 @@ def export_paths(path: Path) -> list[Path]:
 
 
 def runs_frame(paths: Sequence[Path]) -> pd.DataFrame:
-    """The exported runs as the frame a tracking store gives `report.load_runs`.
+    """The exported runs as the frame a tracking store gives `load_runs`.
 
     Columns run_id, experiment_id, status, start_time, end_time, tags.*, params.*, metrics.*
     (the last value of each metric), so the report reads an export exactly as it reads the store
@@ -125,3 +135,147 @@ def runs_frame(paths: Sequence[Path]) -> pd.DataFrame:
     for column in ("start_time", "end_time"):
         frame[column] = pd.to_datetime(pd.to_numeric(frame[column], errors="coerce"), unit="ms", utc=True)
     return frame.sort_values(["start_time", "run_id"], ascending=[False, True], na_position="last").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- reading
+class ReportError(DistillLabError):
+    """Nothing to report, or the output cannot be written."""
+
+
+class UnknownStudyError(ReportError):
+    """A study named on the command line or in a report region has no runs in the store."""
+
+
+# reference: runs of a peer's recipe logged beside the studies (bench/textbrewer_bench.py recipe),
+# one run per seed, shown and compared like a study's trials.
+ROLES = ("trial", "teacher", "study", "reference")
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def load_runs(tracking_uri: str, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """Trial and teacher runs of the named studies (all studies when none) as one DataFrame.
+
+    Columns as `mlflow.search_runs` gives them: run_id, experiment_id, status, start_time,
+    tags.*, params.*, metrics.* (latest value of each metric). A database store is read with
+    three plain queries (MLflow's ORM takes ~10 s for 2,000 runs); other stores via the MLflow API.
+    """
+    missing = _missing_sqlite_file(tracking_uri)
+    if missing is not None:  # MLflow would silently create (and migrate) an empty database there
+        raise ReportError(f"tracking store {tracking_uri}: no database file {missing} (run a study first, "
+                          f"or pass --tracking-uri)")
+    runs = read_database(tracking_uri)
+    if runs is None:
+        runs = search_runs_api(tracking_uri)
+    return _select(runs, studies, f"tracking store {tracking_uri}")
+
+
+def load_records(path: Path, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """The same frame as `load_runs`, read from committed run records (`distill-lab records export`)."""
+    try:
+        runs = runs_frame(export_paths(path))
+    except RecordsError as err:
+        raise ReportError(str(err)) from None
+    if not runs.empty and "tags.role" in runs:
+        runs = runs[runs["tags.role"].isin(ROLES)]
+    return _select(runs, studies, f"run records {path}")
+
+
+def _select(runs: pd.DataFrame, studies: Sequence[str] | None, where: str) -> pd.DataFrame:
+    if runs.empty or "tags.study" not in runs:
+        raise ReportError(f"{where} has no distill-lab runs: run a study first")
+    known = sorted(runs["tags.study"].dropna().unique())
+    if studies:
+        unknown = sorted(set(studies) - set(known))
+        if unknown:
+            raise UnknownStudyError(f"no study named {', '.join(unknown)} in {where}; studies there: "
+                                    f"{', '.join(known) or 'none'}")
+        runs = runs[runs["tags.study"].isin(studies)]
+    return runs.reset_index(drop=True)
+
+
+def _missing_sqlite_file(tracking_uri: str) -> str | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:" or path.startswith("file:") or Path(path).exists():
+        return None
+    return path
+
+
+def search_runs_api(tracking_uri: str) -> pd.DataFrame:
+    """The runs with a distill-lab role through the MLflow API (any store: server, file, database)."""
+    client = MlflowClient(tracking_uri)
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+    except Exception as err:  # noqa: BLE001 - an unreachable store is a user problem
+        raise ReportError(f"tracking store {tracking_uri}: {str(err).splitlines()[0]}") from err
+    if not experiments:
+        raise ReportError(f"tracking store {tracking_uri} has no experiments: run a study first")
+    frames = []
+    # mlflow.search_runs has no uri argument: point the global at the store only meanwhile.
+    previous = mlflow.get_tracking_uri()
+    environment = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also (un)sets this variable
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        for role in ROLES:
+            frame = mlflow.search_runs(experiment_ids=experiments, filter_string=f"tags.role = '{role}'",
+                                       output_format="pandas", max_results=200_000)
+            if not frame.empty:
+                frames.append(frame)
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_database(tracking_uri: str) -> pd.DataFrame | None:
+    """The same frame as `_search_runs_api`, read straight from MLflow's tables; None: use the API.
+
+    MLflow's schema for runs, tags, params and latest_metrics has been stable since MLflow 1.x; any
+    surprise (another backend, a workspace-scoped store, a missing table) falls back to the API.
+    """
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in SQL_SCHEMES or os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").lower() in ("1", "true"):
+        return None
+    roles = ", ".join(f"'{role}'" for role in ROLES)
+    selected = (
+        "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+        f"JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'role' AND t.value IN ({roles}) "
+        "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'")
+    try:
+        engine = sqlalchemy.create_engine(tracking_uri)
+    except Exception:  # noqa: BLE001 - e.g. a driver missing: the API knows better
+        return None
+    try:
+        with engine.connect() as connection:
+            read = lambda query: pd.read_sql_query(sqlalchemy.text(query), connection)  # noqa: E731
+            info = read("SELECT r.run_uuid AS run_id, r.experiment_id, r.status, r.start_time, r.end_time, "
+                        f"r.artifact_uri FROM runs r WHERE r.run_uuid IN ({selected})")
+            tags = read(f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({selected})")
+            params = read(f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({selected})")
+            metrics = read(f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN ({selected})")
+    except Exception:  # noqa: BLE001 - unexpected schema or store: let the API read (or report) it
+        return None
+    finally:
+        engine.dispose()
+    if info.empty:
+        return pd.DataFrame()
+    metrics["value"] = pd.to_numeric(metrics["value"], errors="coerce").astype(float)
+    metrics.loc[metrics["is_nan"].astype(bool), "value"] = float("nan")
+    frame = info.assign(experiment_id=info["experiment_id"].astype(str))
+    for time_column in ("start_time", "end_time"):
+        frame[time_column] = pd.to_datetime(frame[time_column], unit="ms", utc=True)
+    wide = [frame.set_index("run_id")]
+    for prefix, values in (("metrics", metrics), ("params", params), ("tags", tags)):
+        if not values.empty:
+            table = values.drop_duplicates(["run_uuid", "key"], keep="last").pivot(
+                index="run_uuid", columns="key", values="value")
+            table.columns = [f"{prefix}.{key}" for key in table.columns]
+            wide.append(table.astype(float) if prefix == "metrics" else table.infer_objects())
+    runs = pd.concat(wide, axis=1, join="outer")
+    runs = runs[runs.index.isin(info["run_id"])]
+    runs = runs.rename_axis("run_id").reset_index()
+    return runs.sort_values(["start_time", "run_id"], ascending=[False, True]).reset_index(drop=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -16,24 +17,14 @@ from rich.table import Table
 from distill_lab import study as driver
 from distill_lab.errors import DistillLabError, SpecError, TrialError
 from distill_lab.masking import mask_url
+from distill_lab.pipeline import run_distillation
 from distill_lab.progress import StudyProgress
-from distill_lab.tracking import Tracker, default_tracking_uri
-
-
-def _study_line(study: optuna.Study) -> str:
-    counts = driver._counts(study)
-    best = driver.best_trial(study)
-    best_text = f"best {best.value * 100:.2f} (#{best.number})" if best else "best -"
-    return (f"done {counts[TrialState.COMPLETE]} pruned {counts[TrialState.PRUNED]} "
-            f"failed {counts[TrialState.FAIL]} running {counts[TrialState.RUNNING]}  {best_text}")
-
-
-def _setup(ctx: driver.StudyContext, workers: int) -> tuple[optuna.Study, Tracker, str, str]:
-    storage = driver.open_storage(ctx.storage_url, workers=workers, tracking_uri=ctx.tracking_uri)
-    study = driver.create_or_load(ctx, storage)
-    tracker = Tracker(ctx.tracking_uri)
-    experiment_id, parent_run_id = driver.ensure_tracking(ctx, study, tracker)
-    return study, tracker, experiment_id, parent_run_id
+from distill_lab.signals import sigterm_interrupts
+from distill_lab.search_space import decode
+from distill_lab.spec import load_spec, resolve
+from distill_lab.study.summary import state_counts, study_line
+from distill_lab.study.workers import supervise
+from distill_lab.tracking import RunHandle, Tracker, default_tracking_uri
 
 
 def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: Console) -> int:
@@ -51,36 +42,36 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     if fixed or orphans:
         console.print(f"resumed: {fixed} trial(s) of dead workers marked FAIL, {orphans} orphan MLflow run(s) ended")
     tracker.client.update_run(parent_run_id, status="RUNNING")
-    driver._install_sigterm()
+    sigterm_interrupts()
     status = "FINISHED"
     started, stopped = time.monotonic(), None
-    progress = StudyProgress(console, ctx.spec.name, ctx.n_trials, driver.finished_count(study), _study_line(study))
+    progress = StudyProgress(console, ctx.spec.name, ctx.n_trials, driver.finished_count(study), study_line(study))
     try:
         with progress:
             stage = progress.stage
 
             def refresh(current: optuna.Study) -> None:
-                progress.study(driver.finished_count(current), _study_line(current))
+                progress.study(driver.finished_count(current), study_line(current))
 
             driver.prepare_shared_teacher(ctx, tracker, experiment_id, parent_run_id, stage=stage)
             if workers == 1:
                 driver.work(ctx, on_trial=refresh, stage=stage)
             else:
-                processes = driver.spawn_workers(ctx, workers)
-                try:
-                    while any(process.is_alive() for process in processes):
-                        refresh(study)
-                        time.sleep(1.0)
-                finally:
-                    for process in processes:
-                        process.join(timeout=30)
+                died = supervise(driver.spawn_workers(ctx, workers), study, ctx, tracker, refresh)
+                if died:
+                    console.print(f"{died} worker process(es) died; their trials were marked FAIL and re-queued")
+                if died and driver.finished_count(study) < ctx.n_trials:
+                    # Nothing lost: what the dead workers left (their re-queued points) runs here.
+                    console.print("running what the dead workers left in this process")
+                    driver.work(ctx, on_trial=refresh, stage=stage)
             refresh(study)
             stopped = _stopped_by_failures(study, ctx, started)
             if stopped:
                 status = "FAILED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
-        console.print("interrupted: the current trial's run ended KILLED; run the same command to resume")
+        console.print("interrupted: running trials were marked FAIL and their runs ended KILLED; "
+                      "run the same command to resume")
         return 130
     except BaseException:
         status = "FAILED"  # e.g. the teacher fine-tune failed: the study run did not finish
@@ -100,7 +91,7 @@ def _stopped_by_failures(study: optuna.Study, ctx: driver.StudyContext, started:
     A study whose every trial failed, or that the failure cap stopped, must not exit 0 with a
     FINISHED parent run; a --timeout that ran out is not a failure.
     """
-    counts = driver._counts(study)
+    counts = state_counts(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     if finished >= ctx.n_trials or (ctx.timeout and time.monotonic() - started >= ctx.timeout):
         return None
@@ -115,10 +106,8 @@ def _stopped_by_failures(study: optuna.Study, ctx: driver.StudyContext, started:
 
 def _log_study_metrics(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:
     try:
-        counts = driver._counts(study)
+        counts = state_counts(study)
         best = driver.best_trial(study)
-        from distill_lab.tracking import RunHandle
-
         metrics = {"n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
                    "n_failed": counts[TrialState.FAIL]}
         if best is not None:
@@ -140,12 +129,13 @@ def run_worker(ctx: driver.StudyContext, *, console: Console) -> int:
         raise SpecError(f"study {ctx.spec.name!r} was created from a different spec than this one")
     if "mlflow_parent_run_id" not in study.user_attrs:
         raise SpecError(f"study {ctx.spec.name!r} has no MLflow parent run yet: start it with `study run` first")
-    ctx.n_trials = int(study.user_attrs.get("n_trials", ctx.n_trials))
-    ctx.tracking_uri = _worker_tracking_uri(study.user_attrs.get("mlflow_tracking_uri"), ctx.tracking_uri)
-    driver._install_sigterm()
+    ctx = dataclasses.replace(
+        ctx, n_trials=int(study.user_attrs.get("n_trials", ctx.n_trials)),
+        tracking_uri=_worker_tracking_uri(study.user_attrs.get("mlflow_tracking_uri"), ctx.tracking_uri))
+    sigterm_interrupts()
     try:
         # A worker on another host: its sampler seed must differ from every other worker's.
-        driver.work(ctx, worker=os.getpid(), on_trial=lambda s: console.print(_study_line(s)))
+        driver.work(ctx, worker=os.getpid(), on_trial=lambda s: console.print(study_line(s)))
     except (KeyboardInterrupt, SystemExit):
         console.print("worker interrupted: its trial was marked FAIL and its run KILLED")
         return 130
@@ -163,11 +153,9 @@ def _worker_tracking_uri(stored: str | None, own: str) -> str:
 
 
 def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) -> None:
-    out.print(f"study {study.study_name}: {_study_line(study)}")
+    out.print(f"study {study.study_name}: {study_line(study)}")
     best = driver.best_trial(study)
     if best is not None:
-        from distill_lab.search_space import decode
-
         params = {k: decode(v) for k, v in best.params.items()}
         out.print(f"best trial #{best.number}: dev F1 {best.value * 100:.2f}  params {params}  "
                   f"MLflow run {best.user_attrs.get('mlflow_run_id', '-')}")
@@ -175,17 +163,16 @@ def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) 
               "(distill-lab ui; distill-lab report)")
 
 
-def _resolve_name(spec_or_name: str) -> str:
+def study_name(spec_or_name: str) -> str:
+    """The study name of a spec file, or the argument itself when it is a name."""
     path = Path(spec_or_name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        from distill_lab.spec import load_spec
-
         return load_spec(path).name
     return spec_or_name
 
 
 def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
-    name = _resolve_name(spec_or_name)
+    name = study_name(spec_or_name)
     storage_url = storage or driver.default_storage()
     study = driver.load_study(name, storage_url)
     table = Table(title=f"study {name} ({mask_url(storage_url)})")
@@ -197,7 +184,7 @@ def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
         table.add_row(str(row["number"]), row["state"], row["params"], value, row["mlflow_run_id"], seconds,
                       row["reason"][:60])
     out.print(table)
-    out.print(_study_line(study))
+    out.print(study_line(study))
 
 
 def best_params(spec_or_name: str, storage: str | None) -> dict[str, Any]:
@@ -207,7 +194,7 @@ def best_params(spec_or_name: str, storage: str | None) -> dict[str, Any]:
     stands for), so `KEY=VALUE` lines of them are valid `--set` overrides for another spec, e.g. to
     rerun the winner of a search with more seeds.
     """
-    name = _resolve_name(spec_or_name)
+    name = study_name(spec_or_name)
     storage_url = storage or driver.default_storage()
     study = driver.load_study(name, storage_url)
     trial = driver.best_trial(study)
@@ -216,7 +203,7 @@ def best_params(spec_or_name: str, storage: str | None) -> dict[str, Any]:
     spec = driver.spec_of(study)
     n_teacher, n_student = driver.layer_counts(spec)
     ctx = driver.StudyContext(spec, storage_url, "", 1, n_teacher, n_student)
-    params = driver.rerun_params(study, trial, ctx)
+    params = driver.rerun_params(trial, ctx)
     return {"study": name, "trial": trial.number, "value": trial.value,
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""), "params": params}
 
@@ -233,10 +220,6 @@ def print_best(spec_or_name: str, storage: str | None, as_set: bool, out: Consol
 def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, storage: str | None,
                 tracking_uri: str | None, as_json: bool, out: Console, console: Console) -> int:
     """Replay a trial's params and seeds; print recorded vs re-run dev F1 per seed."""
-    from distill_lab import search_space
-    from distill_lab.pipeline import run_distillation
-    from distill_lab.spec import resolve
-
     storage_url = storage or driver.default_storage()
     study = driver.load_study(study_name, storage_url)
     trials = study.get_trials(deepcopy=False)
@@ -254,7 +237,7 @@ def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, s
     n_teacher, n_student = driver.layer_counts(spec)
     ctx = driver.StudyContext(spec, storage_url, default_tracking_uri(tracking_uri, spec.tracking.tracking_uri),
                               1, n_teacher, n_student)
-    params = driver.rerun_params(study, trial, ctx)
+    params = driver.rerun_params(trial, ctx)
     recorded = trial.user_attrs.get("dev_f1_per_seed", {})
     rows = []
     for seed in ctx.seeds:

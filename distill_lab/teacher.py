@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from distill_lab import models
-from distill_lab.data.align import encode_sentences
+from distill_lab.data.align import encode_sentences, label_index
 from distill_lab.data.corpus import NerCorpus, fingerprint
 from distill_lab.distill.engine import Objective, Progress, TrainRecipe, train
 from distill_lab.evaluation import evaluate
@@ -88,8 +88,8 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
     labels = corpus.labels
     if spec.checkpoint:
         model = models.load_token_classifier(spec.checkpoint, labels, trust_remote_code=spec.trust_remote_code)
-        dev = encode_sentences(corpus.dev, tokenizer, _label2id(labels), config.data.max_length)
-        test = encode_sentences(corpus.test, tokenizer, _label2id(labels), config.data.max_length)
+        dev = encode_sentences(corpus.dev, tokenizer, label_index(labels), config.data.max_length)
+        test = encode_sentences(corpus.test, tokenizer, label_index(labels), config.data.max_length)
         dev_scores, _ = evaluate(model.to(device), dev, labels, device=device, precision=precision)
         test_scores, _ = evaluate(model, test, labels, device=device, precision=precision)
         return Teacher(model, tokenizer, ref, dev_scores.f1, test_scores.f1, checkpoint_fingerprint(spec.checkpoint),
@@ -109,16 +109,14 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
     assert recipe_spec is not None  # the spec fills a default recipe when no checkpoint is given
     torch.manual_seed(recipe_spec.seed)
     model = models.token_classifier_from_backbone(ref, labels)
-    label2id = _label2id(labels)
+    label2id = label_index(labels)
     train_split = encode_sentences(corpus.train, tokenizer, label2id, config.data.max_length)
     dev_split = encode_sentences(corpus.dev, tokenizer, label2id, config.data.max_length)
     test_split = encode_sentences(corpus.test, tokenizer, label2id, config.data.max_length)
-    recipe = TrainRecipe(
-        epochs=recipe_spec.epochs, learning_rate=recipe_spec.learning_rate, batch_size=recipe_spec.batch_size,
-        weight_decay=recipe_spec.weight_decay, warmup_ratio=recipe_spec.warmup_ratio, seed=recipe_spec.seed,
-        lr_schedule=recipe_spec.lr_schedule,
-        eval_every=10**9, eval_batch_size=config.training.eval_batch_size, precision=precision,
-    )
+    # The fine-tune's own recipe; the rest (clipping, batching, loss normalisation, checkpoint) at
+    # the engine's defaults: the teacher recipe is part of its cache fingerprint, as written.
+    recipe = TrainRecipe.from_settings(recipe_spec, eval_every=10**9, eval_batch_size=config.training.eval_batch_size,
+                                       precision=precision)
     result = train(model, train_split, dev_split, labels, recipe, Objective(), device=device, progress=progress)
     test_scores, _ = evaluate(model, test_split, labels, batch_size=recipe.eval_batch_size, device=device,
                               precision=precision)
@@ -141,7 +139,3 @@ def _publish(model: torch.nn.Module, tokenizer: Any, directory: Path, info: dict
         staging.rename(directory)
     except OSError:  # another worker published the same teacher first
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _label2id(labels: tuple[str, ...]) -> dict[str, int]:
-    return {label: index for index, label in enumerate(labels)}

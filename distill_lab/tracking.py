@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import check_tracking_credentials, mask_url, scrub
+from distill_lab.signals import deferred_interrupts
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
@@ -112,36 +113,6 @@ def _param_value(value: Any) -> str:
     return text[:MAX_PARAM_LENGTH]
 
 
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[list[int]]:
-    """Hold SIGINT / SIGTERM back for the block; raise KeyboardInterrupt after it if one came.
-
-    Yields the list of signals received so far, so the block can see whether it was interrupted.
-    Outside the main thread (where handlers cannot be set) the block runs unprotected.
-    """
-    import signal
-    import threading
-
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    def hold(signum: int, frame: Any) -> None:
-        received.append(signum)
-
-    for signum in previous:
-        signal.signal(signum, hold)
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if received:
-        raise KeyboardInterrupt(f"signal {received[0]}")
-
-
 class Tracker:
     """One tracking store (local sqlite/file or a server)."""
 
@@ -175,8 +146,12 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(self, experiment_id: str, name: str, *, tags: dict[str, Any] | None = None,
-            parent_run_id: str | None = None, run_id: str | None = None) -> Iterator[RunHandle]:
-        """A run that always ends: FINISHED, FAILED on an exception, KILLED on interrupt/SIGTERM."""
+            parent_run_id: str | None = None, run_id: str | None = None,
+            finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunHandle]:
+        """A run that always ends: FINISHED, FAILED on an exception, KILLED on interrupt/SIGTERM.
+
+        `finished_on`: exceptions that end it FINISHED all the same (a study's pruned trial).
+        """
         run_id = run_id or self.create_run(experiment_id, name, tags, parent_run_id)
         handle = RunHandle(self.client, run_id)
         status = "FINISHED"
@@ -186,9 +161,7 @@ class Tracker:
             status = "KILLED"
             raise
         except BaseException as err:
-            from optuna.exceptions import TrialPruned
-
-            if not isinstance(err, TrialPruned):
+            if not isinstance(err, finished_on):
                 status = "FAILED"
                 with contextlib.suppress(Exception):
                     self.client.set_tag(run_id, "error", repr(err)[:5000])
@@ -214,44 +187,6 @@ class Tracker:
         query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
         runs = self.client.search_runs([experiment_id], filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
-
-
-def confusion_figure(gold: list[list[str]], predicted: list[list[str]], labels: tuple[str, ...]) -> Any:
-    """Word-level label confusion matrix (rows gold, columns predicted) as a matplotlib figure."""
-    # matplotlib's object API, not pyplot: no global figure state, and pyplot's import (~0.5 s)
-    # is not paid by every worker process.
-    import pandas as pd
-    from matplotlib.figure import Figure
-
-    flat_gold = [tag for tags in gold for tag in tags]
-    flat_pred = [tag for tags in predicted for tag in tags]
-    table = pd.crosstab(pd.Categorical(flat_gold, categories=labels), pd.Categorical(flat_pred, categories=labels),
-                        dropna=False)
-    normalised = table.div(table.sum(axis=1).replace(0, 1), axis=0)
-    figure = Figure(figsize=(1.0 + 0.6 * len(labels), 1.0 + 0.5 * len(labels)))
-    axes = figure.subplots()
-    axes.imshow(normalised.values, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    axes.set_yticks(range(len(labels)), labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("gold")
-    for row in range(len(labels)):
-        for column in range(len(labels)):
-            count = int(table.values[row, column])
-            if count:
-                axes.text(column, row, str(count), ha="center", va="center", fontsize=7,
-                          color="white" if normalised.values[row, column] > 0.5 else "black")
-    axes.set_title("dev label confusion (word level)")
-    figure.tight_layout()
-    return figure
-
-
-def predictions_tsv(sentences: list[Any], predicted: list[list[str]], limit: int = 200) -> str:
-    lines = ["sentence\ttoken\tgold\tpredicted\tcorrect"]
-    for index, (sentence, tags) in enumerate(zip(sentences[:limit], predicted[:limit])):
-        for token, gold, guess in zip(sentence.tokens, sentence.tags or (), tags):
-            lines.append(f"{index}\t{token}\t{gold}\t{guess}\t{int(gold == guess)}")
-    return "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill_lab import models
+from distill_lab import models, tiny_models
 from distill_lab.errors import ModelError, SpecError
 
 LABELS = ("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
@@ -159,7 +159,7 @@ def test_build_tiny_model_rebuilds_a_stale_copy(tmp_path, monkeypatch):
     stale = tmp_path / "models" / "tiny-bert"
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_bytes(b"stale")
-    directory = models.build_tiny_model("bert")
+    directory = tiny_models.build_tiny_model("bert")
     assert directory == stale
     assert (directory / "model.safetensors").read_bytes() != b"stale"
     tokenizer = models.load_tokenizer(models.resolve_reference("tiny-bert"))

@@ -14,6 +14,7 @@ from distill_lab.data.corpus import NerCorpus, Sentence
 from distill_lab.data.loader import load_corpus
 from distill_lab.distill import losses
 from distill_lab.distill.engine import Objective
+from distill_lab.plan import load_plan
 from distill_lab.distill.mapping import EMBEDDINGS, build_mapping, describe, teacher_layers_needed
 from distill_lab.distill.projection import build_projections
 from distill_lab.distill.teacher_cache import compute_teacher_targets
@@ -309,7 +310,7 @@ def test_run_rejects_bad_model_settings_before_teacher_fine_tune(monkeypatch, ov
 
 def test_run_random_init_may_be_deeper_than_teacher(monkeypatch):
     monkeypatch.setattr(pipeline, "prepare_teacher", _no_teacher)
-    pipeline.check_models(_config("student.from_teacher.num_layers=6", "student.init.strategy=random"))
+    load_plan(_config("student.from_teacher.num_layers=6", "student.init.strategy=random"))
     with pytest.raises(AssertionError, match="teacher stage"):  # gets past the checks
         run_distillation(_config("student.from_teacher.num_layers=6", "student.init.strategy=random"))
 

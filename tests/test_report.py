@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 
 from distill_lab import report as reporting
+from distill_lab import report_analysis
+from distill_lab import records as tracked
 from fake_runs import FakeStudy, concave_score, log_fake_study, log_unfinished_trial, new_store
 
 EN = ["teacher / student", "setting", "init", "score (dev F1)"]
@@ -478,8 +480,8 @@ def test_database_read_matches_the_mlflow_api(store):
     import os
 
     environment = os.environ.get("MLFLOW_TRACKING_URI")
-    fast = reporting._read_database(store.uri)
-    slow = reporting._search_runs_api(store.uri)
+    fast = tracked.read_database(store.uri)
+    slow = tracked.search_runs_api(store.uri)
     # The API path points MLflow's global (and MLFLOW_TRACKING_URI) at the store only while it reads.
     assert os.environ.get("MLFLOW_TRACKING_URI") == environment
     assert fast is not None
@@ -489,7 +491,7 @@ def test_database_read_matches_the_mlflow_api(store):
 
 
 def test_load_runs_filters_studies(store):
-    runs = reporting.load_runs(store.uri, ["layer_mapping"])
+    runs = tracked.load_runs(store.uri, ["layer_mapping"])
     assert set(runs["tags.study"]) == {"layer_mapping"}
     assert sorted(runs["tags.role"].value_counts().items()) == [("study", 1), ("teacher", 1), ("trial", 4)]
 
@@ -512,11 +514,11 @@ def _expected_means(study: FakeStudy) -> dict[tuple[str, str], float]:
 
 def test_kd_is_compared_with_the_no_kd_arm_within_each_init(headline):
     uri, study = headline
-    sections = {section.factor: section for section in reporting.group_sections(reporting.load_runs(uri))}
+    sections = {section.factor: section for section in report_analysis.group_sections(tracked.load_runs(uri))}
     assert set(sections) == {"init", "setting"}
     kd = sections["setting"]
     assert kd.reference == "T=1 a=1/0/0" and kd.strata == ["init"]
-    frame = reporting.section_frame(kd)
+    frame = report_analysis.section_frame(kd)
     means = _expected_means(study)
     assert len(frame) == 4  # 2 inits x (KD, no KD)
     for row in frame.to_dict("records"):
@@ -532,10 +534,10 @@ def test_kd_is_compared_with_the_no_kd_arm_within_each_init(headline):
 
 def test_init_is_compared_within_each_setting_not_pooled(headline):
     uri, study = headline
-    sections = {section.factor: section for section in reporting.group_sections(reporting.load_runs(uri))}
+    sections = {section.factor: section for section in report_analysis.group_sections(tracked.load_runs(uri))}
     init = sections["init"]
     assert init.reference == "pretrained weights" and init.strata == ["setting"]
-    frame = reporting.section_frame(init).set_index(["setting", "init"])
+    frame = report_analysis.section_frame(init).set_index(["setting", "init"])
     means = _expected_means(study)
     # Teacher init: +5 points without KD... +8 with it (the KD gain only exists for the teacher init).
     for setting, gap in (("T=1 a=1/0/0", 2.0), ("T=6 a=0.2/0.8/0", 5.0)):
@@ -556,7 +558,7 @@ def test_analysis_markdown_names_the_strata(headline, monkeypatch, capsys):
 
 
 def test_a_study_without_a_no_kd_arm_gets_no_kd_comparison(store):
-    factors = {(section.study, section.factor) for section in reporting.group_sections(reporting.load_runs(store.uri))}
+    factors = {(section.study, section.factor) for section in report_analysis.group_sections(tracked.load_runs(store.uri))}
     assert factors == {("layer_mapping", "mapping"), ("init_strategy", "init")}
 
 
@@ -564,7 +566,7 @@ def test_a_mapping_study_without_uniform_is_compared_with_its_best_mapping(tmp_p
     uri = new_store(tmp_path)
     log_fake_study(uri, "no_uniform", temperatures=(4,), mappings=["last", "skip"], mapping_effect={"last": -0.03},
                    rng_seed=5)
-    (section,) = reporting.group_sections(reporting.load_runs(uri))
+    (section,) = report_analysis.group_sections(tracked.load_runs(uri))
     assert (section.factor, section.reference) == ("mapping", "skip")
     code, out, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--tracking-uri", uri)
     assert code == 0, err

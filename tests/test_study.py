@@ -29,6 +29,7 @@ from rich.console import Console
 
 from distill_lab import naming, pipeline
 from distill_lab import study as driver
+from distill_lab.study import objective, optuna_compat, workers
 from distill_lab.errors import DistillLabError, SpecError
 from distill_lab.spec import parse_spec, set_dotted
 from distill_lab.study_runner import run_study
@@ -321,10 +322,10 @@ def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumab
             raise KeyboardInterrupt("Ctrl-C")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "run_distillation", interrupted_second_run)
+    monkeypatch.setattr(objective, "run_distillation", interrupted_second_run)
     with pytest.raises(KeyboardInterrupt):
         driver.work(ctx)
-    monkeypatch.setattr(pipeline, "run_distillation", real)
+    monkeypatch.setattr(objective, "run_distillation", real)
 
     study = _load(store)
     assert _states(study) == ["COMPLETE", "FAIL"]
@@ -372,7 +373,7 @@ def test_work_interrupt_after_the_run_finished_keeps_the_trial_complete(store, m
         def __exit__(self, *exc):
             raise KeyboardInterrupt("SIGTERM")
 
-    monkeypatch.setattr(driver, "get_heartbeat_thread", InterruptedOnExit)
+    monkeypatch.setattr(optuna_compat, "heartbeat", InterruptedOnExit)
     with pytest.raises(KeyboardInterrupt):
         driver.work(ctx)
     study = _load(store)
@@ -394,7 +395,7 @@ def test_end_orphan_runs_ends_only_runs_whose_trial_failed(store):
 
     def trial_run(trial) -> str:
         return tracker.create_run(experiment_id, f"t{trial.number}", parent_run_id=parent, tags={
-            "role": "trial", "study": "unit_study", "optuna_trial_id": trial._trial_id})
+            "role": "trial", "study": "unit_study", "optuna_trial_id": optuna_compat.trial_id(trial)})
 
     orphan, fresh, closing = trial_run(dead), trial_run(live), trial_run(done)  # none recorded its run id yet
     assert driver.end_orphan_runs(study, tracker, experiment_id) == 1
@@ -425,7 +426,7 @@ def test_a_study_whose_every_trial_fails_is_an_error_with_a_failed_parent_run(st
     def failing_trial(*args, **kwargs):
         raise TrialError("loss became nan at step 2")
 
-    monkeypatch.setattr(driver, "run_trial", failing_trial)
+    monkeypatch.setattr(workers, "run_trial", failing_trial)
     with pytest.raises(TrialError, match=r"stopped with 0 of 2 trials finished: [4-9] failed \(last: TrialError: "
                                          r"loss became nan at step 2\)"):
         _run(_ctx(_spec(), store, n_trials=2))
@@ -560,12 +561,12 @@ def test_a_grid_trial_not_taken_from_the_queue_is_surplus_and_runs_nothing(store
     study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
     assert driver.enqueue_missing_grid_points(study, ctx.spec) == 2  # as `study run` does before workers start
     queued = [study.ask(), study.ask()]  # two workers take the two queued points
-    assert [driver._surplus(study, t, ctx.n_trials, grid=True) for t in queued] == [False, False]
+    assert [workers.is_surplus(study, t, ctx.n_trials, grid=True) for t in queued] == [False, False]
     late = study.ask()  # a third asked after the queue was empty: the grid sampler would rerun a point
-    assert driver._surplus(study, late, ctx.n_trials, grid=True) is True
+    assert workers.is_surplus(study, late, ctx.n_trials, grid=True) is True
     # After a dead worker's point is re-queued, the trial that takes it is not surplus.
     study.enqueue_trial({"distill.temperature": 2})
-    assert driver._surplus(study, study.ask(), ctx.n_trials, grid=True) is False
+    assert workers.is_surplus(study, study.ask(), ctx.n_trials, grid=True) is False
 
 
 def test_study_best_prints_the_winning_mapping_as_a_set_override_for_another_spec(store, capsys):
@@ -589,7 +590,7 @@ def test_study_best_prints_the_winning_mapping_as_a_set_override_for_another_spe
     # The override gives another spec exactly the mapping the best trial trained with.
     rerun = parse_spec(_raw({"name": "rerun_best", "distill.alpha_hidden": 1.0}), overrides=lines, source="test")
     mapping = resolve(rerun).distill.layer_mapping
-    recorded = driver.rerun_params(study, best, ctx)["distill.layer_mapping"]
+    recorded = driver.rerun_params(best, ctx)["distill.layer_mapping"]
     assert mapping.strategy == "explicit" and [list(p) for p in mapping.pairs] == [list(p) for p in recorded["pairs"]]
 
 
@@ -658,3 +659,118 @@ def test_study_run_killed_with_sigkill_resumes_to_n_trials_with_no_run_left_runn
     assert _runs(store, study, "attributes.status = 'RUNNING'") == []
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
     assert sum(run.data.tags.get("role") == "study" for run in _runs(store, study)) == 1
+
+
+# --------------------------------------------------------------------------- 12. local workers and signals
+GRID_WORKERS = {"name": "grid_workers", "study.sampler": "grid", "training.epochs": 6,
+                "study.search_space": {"distill.temperature": {"type": "grid", "values": [1, 2, 4, 8]}}}
+
+
+def _start_two_workers(store: SimpleNamespace, log_name: str) -> tuple[subprocess.Popen, list[str], Any]:
+    spec_path = _write_spec(store.dir, GRID_WORKERS)
+    command = ["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", store.uri,
+               "--workers", "2"]
+    log = open(store.dir / log_name, "w")
+    process = subprocess.Popen([sys.executable, "-m", "distill_lab.cli", *command], cwd=store.dir,
+                               env=_cli_env(), stdout=log, stderr=subprocess.STDOUT)
+    return process, command, log
+
+
+def _wait_for_a_running_trial(process: subprocess.Popen, store: SimpleNamespace, deadline: float) -> Any:
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (store.dir / "first.log").read_text()
+        if Path(store.journal).exists():
+            try:
+                study = optuna.load_study(study_name="grid_workers", storage=driver.open_storage(store.journal))
+            except KeyError:
+                study = None
+            running = [t for t in (study.get_trials(deepcopy=False) if study else ())
+                       if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            if running:
+                return running[0]
+        time.sleep(0.05)
+    raise AssertionError("no RUNNING trial seen in time")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie is gone too
+    except FileNotFoundError:
+        return False
+
+
+def _worker_children(pid: int) -> list[int]:
+    """The multiprocessing (spawn) worker processes whose parent is `pid`."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid and "spawn_main" in cmdline:
+            children.append(int(entry.name))
+    return children
+
+
+def test_sigterm_to_the_coordinator_stops_every_worker_and_leaves_nothing_running(store):
+    process, command, log = _start_two_workers(store, "first.log")
+    try:
+        _wait_for_a_running_trial(process, store, time.monotonic() + 240)
+        children = _worker_children(process.pid)
+        os.kill(process.pid, signal.SIGTERM)  # what docker stop, systemd and Kubernetes send
+        process.wait(timeout=CLI_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    output = (store.dir / "first.log").read_text()
+    assert process.returncode == 130, output
+    assert "running trials were marked FAIL and their runs ended KILLED" in output
+    study = _load(store, "grid_workers")
+    trials = study.get_trials(deepcopy=False)
+    assert TrialState.RUNNING not in {t.state for t in trials}
+    interrupted = [t for t in trials if t.state == TrialState.FAIL and "mlflow_run_id" in t.user_attrs]
+    assert interrupted and {t.user_attrs["fail_reason"] for t in interrupted} <= {"interrupted"}
+    client = _client(store)
+    assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in interrupted} == {"KILLED"}
+    assert _runs(store, study, "attributes.status = 'RUNNING'") == []
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
+    workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in trials if "worker" in t.user_attrs}
+    assert len(children) == 2 and workers <= set(children)
+    assert not any(_pid_alive(pid) for pid in children)  # none carries on after its coordinator
+    completed_before = sum(t.state == TrialState.COMPLETE for t in trials)
+    assert completed_before < 4  # the workers stopped instead of finishing every point
+
+    result = _cli(command, cwd=store.dir)  # the same command resumes to every point, once each
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = _load(store, "grid_workers")
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["distill.temperature"] for t in done) == [1, 2, 4, 8]
+
+
+def test_a_killed_worker_s_point_is_rerun_and_the_study_still_finishes_every_point(store):
+    process, _, log = _start_two_workers(store, "first.log")
+    try:
+        victim = _wait_for_a_running_trial(process, store, time.monotonic() + 240)
+        pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+        assert pid != process.pid
+        os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=CLI_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    output = (store.dir / "first.log").read_text()
+    assert process.returncode == 0, output
+    assert "1 worker process(es) died" in output
+    study = _load(store, "grid_workers")
+    trials = study.get_trials(deepcopy=False)
+    killed = [t for t in trials if t.number == victim.number][0]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_reason"] == f"worker {killed.user_attrs['worker']} died"
+    client = _client(store)
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["distill.temperature"] for t in done) == [1, 2, 4, 8]  # each point once
+    assert _runs(store, study, "attributes.status = 'RUNNING'") == []
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"

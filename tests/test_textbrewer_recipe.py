@@ -10,7 +10,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import textbrewer_bench as bench
-from distill_lab import report
+from distill_lab import report, report_analysis
+from distill_lab import records as tracked
 from distill_lab.tracking import Tracker
 
 SPEC = {
@@ -57,7 +58,7 @@ def test_report_shows_reference_runs_and_compares_kd_with_its_twin(twin_runs):
     uri, args = twin_runs
     tracker = Tracker(uri)
     experiment_id = tracker.ensure_experiment("tb_recipe")
-    runs = report.load_runs(uri, ["tb_recipe"])
+    runs = tracked.load_runs(uri, ["tb_recipe"])
     twins = runs[runs["tags.role"] == "reference"]
     # Two KD arms logged through the same code path (TextBrewer is not installed in tests): scores
     # 5 points above each twin seed.
@@ -66,11 +67,11 @@ def test_report_shows_reference_runs_and_compares_kd_with_its_twin(twin_runs):
         twin_dev = float(twins[twins["tags.seeds"] == str(seed)][f"metrics.dev_f1_seed{seed}"].iloc[0])
         bench._track(tracker, experiment_id, args, seed, False,
                      {**result, "dev": min(1.0, twin_dev + delta), "test": result["test"]})
-    runs = report.load_runs(uri, ["tb_recipe"])
+    runs = tracked.load_runs(uri, ["tb_recipe"])
     table = report.experiment_table(runs)
     settings = set(table["setting"])
     assert {"TextBrewer twin: CE only", "TextBrewer recipe: T=8 soft CE, all sub-tokens"} <= settings
     assert set(table.loc[~table["reference"], "n"]) == {2}
-    markdown = report.analysis_markdown(runs, uri, log_to_parent=False)
+    markdown = report_analysis.analysis_markdown(runs, uri, log_to_parent=False)
     section = markdown.split("### tb_recipe: dev F1 by setting (KD vs no KD)")[1]
     assert "vs TextBrewer twin: CE only" in section.splitlines()[0]

@@ -17,6 +17,11 @@ from distill_lab.data.corpus import Sentence
 from distill_lab.errors import DataError
 
 IGNORE_INDEX = -100  # torch's cross-entropy default ignore_index
+
+
+def label_index(labels: tuple[str, ...]) -> dict[str, int]:
+    """Label -> class id, in the corpus's label order (the classifier's output order)."""
+    return {label: index for index, label in enumerate(labels)}
 log = logging.getLogger(__name__)
 
 

@@ -57,6 +57,28 @@ def _decode(path: Path, data: bytes) -> str:
         ) from None
 
 
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    return _decode(path, data)
+
+
+def _check_columns(cols: list[str], layout: tuple[int, int], where: str, line: str) -> None:
+    """A labeled line: a token and a tag, with as many columns as the file's first token line."""
+    if len(cols) < 2:
+        raise DataError(f"{where}: expected a token and a tag separated by whitespace, "
+                        f"found one column {cols[0]!r} (use labeled=False for token-only text)")
+    if len(cols) != layout[0]:
+        # "New York B-LOC": a token with a space inside would silently become "New".
+        raise DataError(f"{where}: {len(cols)} columns where line {layout[1]} has {layout[0]} "
+                        f"({line.strip(_ASCII_SPACE)[:60]!r}); a token with a space inside? separate the columns "
+                        f"with tabs")
+
+
 def read_conll(path: Path, scheme: str = "auto", *, labeled: bool = True) -> list[Sentence]:
     """Read one CoNLL file into sentences with IOB2 tags (``tags=None`` when ``labeled=False``).
 
@@ -67,14 +89,7 @@ def read_conll(path: Path, scheme: str = "auto", *, labeled: bool = True) -> lis
     path = Path(path)
     if scheme not in SCHEMES:
         raise DataError(f"{path}: unknown tag scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    text = _decode(path, data)
-
+    text = _read_text(path)
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -105,19 +120,8 @@ def read_conll(path: Path, scheme: str = "auto", *, labeled: bool = True) -> lis
             flush()
             continue
         if labeled:
-            if len(cols) < 2:
-                raise DataError(
-                    f"{path}:{lineno}: expected a token and a tag separated by whitespace, "
-                    f"found one column {cols[0]!r} (use labeled=False for token-only text)"
-                )
             layout = layout or (len(cols), lineno)
-            if len(cols) != layout[0]:
-                # "New York B-LOC": a token with a space inside would silently become "New".
-                raise DataError(
-                    f"{path}:{lineno}: {len(cols)} columns where line {layout[1]} has {layout[0]} "
-                    f"({line.strip(_ASCII_SPACE)[:60]!r}); a token with a space inside? separate the columns "
-                    f"with tabs"
-                )
+            _check_columns(cols, layout, f"{path}:{lineno}", line)
             check_tag(cols[-1], scheme, where=f"{path}:{lineno}")
             tags.append(cols[-1])
         if not tokens:

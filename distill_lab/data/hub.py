@@ -35,14 +35,10 @@ def load_hub_dataset(
     (script-based datasets were dropped in datasets 4.0). Any failure is a DataError.
     """
     label = name if config is None else f"{name} (config {config!r})"
-    try:
-        # Imported here so that CoNLL/synthetic studies never pay for (or need) `datasets`.
-        from datasets import load_dataset
-    except ImportError as exc:
-        raise DataError(
-            f"Hugging Face dataset {label}: the 'datasets' package is not installed ({exc}); "
-            f"install it or use a local CoNLL directory with train/dev/test files"
-        ) from None
+    # Lazy: `datasets` (a required dependency) pulls in pyarrow and fsspec, which CoNLL and
+    # synthetic studies never need in every worker process.
+    from datasets import load_dataset
+
     kwargs: dict[str, Any] = {}
     if "trust_remote_code" in inspect.signature(load_dataset).parameters:
         kwargs["trust_remote_code"] = trust_remote_code

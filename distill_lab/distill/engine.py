@@ -22,7 +22,7 @@ from distill_lab.distill import losses
 from distill_lab.distill.mapping import LayerMapping, hidden_index
 from distill_lab.distill.projection import project_pair
 from distill_lab.distill.teacher_cache import TeacherTargets
-from distill_lab.errors import TrialError
+from distill_lab.errors import SpecError, TrialError
 from distill_lab.evaluation import Scores, evaluate
 from distill_lab.precision import autocast
 
@@ -53,6 +53,15 @@ class TrainRecipe:
     # batch_mean: each batch's loss is its mean over its words (short-sentence batches weigh as
     # much as long ones); fixed_tokens: its sum over words / the epoch's mean words per batch.
     loss_normalization: str = "batch_mean"
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> "TrainRecipe":
+        """The recipe from a spec section with the same field names (training, teacher.finetune).
+
+        Fields the section does not have keep the recipe's defaults; `overrides` win over both.
+        """
+        values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(cls) if hasattr(settings, f.name)}
+        return cls(**{**values, **overrides})
 
 
 @dataclass
@@ -199,8 +208,44 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TrialError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise SpecError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def _optimizer(model: nn.Module, objective: Objective, recipe: TrainRecipe,
+               device: torch.device) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    """AdamW over the model and any projections; no weight decay on biases and LayerNorm weights."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if objective.projections is not None:
+        trainable += list(objective.projections.parameters())
+    no_decay = [p for p in trainable if p.ndim < 2]
+    decay = [p for p in trainable if p.ndim >= 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate, **adamw_kernel(trainable, device, recipe.fused_optimizer),
+    )
+    return optimizer, trainable
+
+
+def _evaluate(model: nn.Module, dev_split: EncodedSplit, labels: Sequence[str], recipe: TrainRecipe,
+              device: torch.device, result: TrainResult, running: dict[str, float], *, lr: float, epoch: int,
+              step: int) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
+    """One dev evaluation: its metrics (with the mean losses since the last), and the weights if it is the best."""
+    scores, predictions = evaluate(model, dev_split, labels, batch_size=recipe.eval_batch_size,
+                                   device=device, precision=recipe.precision)
+    count = running.pop("_count")
+    metrics = {f"loss_{name}": value / count for name, value in running.items()}
+    metrics.update(dev_f1=scores.f1, dev_precision=scores.precision, dev_recall=scores.recall,
+                   learning_rate=lr, epoch=epoch + 1, step=step)
+    result.history.append(metrics)
+    result.last_dev_scores, result.last_dev_predictions = scores, predictions
+    best_state = None
+    if scores.f1 > result.best_dev_f1:
+        result.best_dev_f1, result.best_step, result.best_dev_scores = scores.f1, step, scores
+        result.best_dev_predictions = predictions
+        if recipe.checkpoint == "best_dev":  # 'last' keeps the final weights: no copy needed
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return metrics, best_state
 
 
 def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, labels: Sequence[str],
@@ -210,26 +255,17 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
     device = device or torch.device("cpu")
     if len(train_split) == 0:  # the epoch loop below would never end
         raise TrialError("the training split has no sentences; nothing to train on")
+    if recipe.lr_schedule not in SCHEDULES:
+        raise TrialError(f"lr_schedule {recipe.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
     torch.manual_seed(recipe.seed)
     model.to(device)
     if objective.projections is not None:
         objective.projections.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if objective.projections is not None:
-        trainable += list(objective.projections.parameters())
-    no_decay = [p for p in trainable if p.ndim < 2]  # biases and LayerNorm weights
-    decay = [p for p in trainable if p.ndim >= 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.learning_rate, **adamw_kernel(trainable, device, recipe.fused_optimizer),
-    )
+    optimizer, trainable = _optimizer(model, objective, recipe, device)
     batches_per_epoch = math.ceil(len(train_split) / recipe.batch_size)
     total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * batches_per_epoch))
-    warmup_steps = int(recipe.warmup_ratio * total_steps)
-    if recipe.lr_schedule not in SCHEDULES:
-        raise TrialError(f"lr_schedule {recipe.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
-    scheduler = get_scheduler(SCHEDULES[recipe.lr_schedule], optimizer, num_warmup_steps=warmup_steps,
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(SCHEDULES[recipe.lr_schedule], optimizer,
+                              num_warmup_steps=int(recipe.warmup_ratio * total_steps), num_training_steps=total_steps)
     if recipe.loss_normalization == "fixed_tokens":
         objective = dataclasses.replace(
             objective, reference_words=sum(len(e.word_positions) for e in train_split.encoded) / batches_per_epoch)
@@ -240,20 +276,18 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
     started = time.perf_counter()
     step, epoch = 0, 0
     model.train()
-    while step < total_steps:
+    while step < total_steps and not result.stopped_early:
         for indices in batches(train_split.lengths, recipe.batch_size, seed=recipe.seed, epoch=epoch):
             if step >= total_steps:
                 break
             batch = train_split.batch(indices)
-            # forward + backward
-            with autocast(device, recipe.precision):
+            with autocast(device, recipe.precision):  # forward
                 parts = objective.losses(model, batch, device)
             if not torch.isfinite(parts["total"]):
                 raise TrialError(f"loss became {parts['total'].item()} at step {step + 1} (lower the learning rate?)")
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)  # backward, step
             parts["total"].backward()
             torch.nn.utils.clip_grad_norm_(trainable, recipe.max_grad_norm)
-            # step
             optimizer.step()
             scheduler.step()
             step += 1
@@ -263,27 +297,13 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
             running["_count"] = running.get("_count", 0.0) + 1
             if progress is not None:
                 progress(step, total_steps)
-            # evaluate + log
-            if step % recipe.eval_every == 0 or step == total_steps:
-                scores, predictions = evaluate(model, dev_split, labels, batch_size=recipe.eval_batch_size,
-                                               device=device, precision=recipe.precision)
-                count = running.pop("_count")
-                metrics = {f"loss_{name}": value / count for name, value in running.items()}
-                metrics.update(dev_f1=scores.f1, dev_precision=scores.precision, dev_recall=scores.recall,
-                               learning_rate=optimizer.param_groups[0]["lr"], epoch=epoch + 1, step=step)
-                running = {}
-                result.history.append(metrics)
-                result.last_dev_scores, result.last_dev_predictions = scores, predictions
-                if scores.f1 > result.best_dev_f1:
-                    result.best_dev_f1, result.best_step, result.best_dev_scores = scores.f1, step, scores
-                    result.best_dev_predictions = predictions
-                    if recipe.checkpoint == "best_dev":  # 'last' keeps the final weights: no copy needed
-                        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if step % recipe.eval_every == 0 or step == total_steps:  # evaluate + log
+                metrics, state = _evaluate(model, dev_split, labels, recipe, device, result, running,
+                                           lr=optimizer.param_groups[0]["lr"], epoch=epoch, step=step)
+                running, best_state = {}, state if state is not None else best_state
                 if on_eval is not None and on_eval(step, metrics):
                     result.stopped_early = True
                     break
-        if result.stopped_early:
-            break
         epoch += 1
     result.steps = step
     result.wall_seconds = time.perf_counter() - started

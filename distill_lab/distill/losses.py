@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
-"""Label value that marks a position as ignored (HF / PyTorch convention)."""
+from distill_lab.data.align import IGNORE_INDEX  # the label of ignored positions, set where batches are encoded
 
 
 def _as_bool_mask(mask: Tensor, expected_shape: tuple[int, ...], name: str) -> Tensor:

@@ -77,19 +77,19 @@ def _fail(message: str) -> SpecError:
     return SpecError(f"{_KEY}: {message}")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     # bool is an int subclass; True as a layer index is always a spec typo.
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_counts(n_teacher: Any, n_student: Any) -> None:
     for name, value in (("n_teacher", n_teacher), ("n_student", n_student)):
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise _fail(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_teacher(layer: Any, n_teacher: int) -> None:
-    if not _is_int(layer) or not 0 <= layer < n_teacher:
+    if not is_int(layer) or not 0 <= layer < n_teacher:
         raise _fail(
             f"teacher layer {layer!r} is out of range; allowed 0..{n_teacher - 1} "
             f"(teacher has {n_teacher} layers)"
@@ -97,7 +97,7 @@ def _check_teacher(layer: Any, n_teacher: int) -> None:
 
 
 def _check_student(layer: Any, n_student: int) -> None:
-    if not _is_int(layer) or not 0 <= layer < n_student:
+    if not is_int(layer) or not 0 <= layer < n_student:
         raise _fail(
             f"student layer {layer!r} is out of range; allowed 0..{n_student - 1} "
             f"(student has {n_student} layers)"

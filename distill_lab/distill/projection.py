@@ -13,14 +13,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from distill_lab.errors import SpecError
-from distill_lab.distill.mapping import LayerMapping
+from distill_lab.distill.mapping import LayerMapping, is_int
 
 PROJECTION_KINDS: tuple[str, ...] = ("conv1d", "linear")
 DIRECTIONS: tuple[str, ...] = ("student_to_teacher", "teacher_to_student")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_kind(kind: str) -> None:
@@ -31,7 +27,7 @@ def _check_kind(kind: str) -> None:
 def _check_kernel_size(kernel_size: int) -> None:
     # Only odd kernels keep the sequence length with symmetric padding k // 2; an even
     # kernel would add one position and shift every word against its teacher target.
-    if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
+    if not is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
         raise SpecError(f"projection kernel_size must be a positive odd int (1, 3, 5, ...), got {kernel_size!r}")
 
 
@@ -61,7 +57,7 @@ class Projection(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, kind: str = "linear", kernel_size: int = 1) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise SpecError(f"projection {name} must be a positive int, got {value!r}")
         _check_kind(kind)
         _check_kernel_size(kernel_size)
@@ -114,7 +110,7 @@ def build_projections(
     _check_direction(direction)
     _check_kernel_size(kernel_size)
     for name, value in (("student_width", student_width), ("teacher_width", teacher_width)):
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise SpecError(f"projection {name} must be a positive int, got {value!r}")
     if student_width == teacher_width:
         return None

@@ -59,10 +59,6 @@ class TeacherTargets:
                                                                n_tokens, torch.float32)
         return out
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.word_logits.nbytes + sum(v.nbytes for v in self.hidden.values()))
-
 
 def _pad_rows(values: np.ndarray, offsets: np.ndarray, indices: Sequence[int], length: int,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

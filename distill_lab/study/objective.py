@@ -1,0 +1,225 @@
+"""One trial: resolve the sampled setting, run every seed, record it in MLflow, return its value.
+
+The objective never tells Optuna anything: it returns the mean dev F1 of the kept checkpoints, or
+raises (`optuna.TrialPruned` when the first seed's curve was pruned, anything else on failure);
+the worker loop decides the trial's state once and tells it once (`workers.run_one`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from typing import Any, Callable
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from distill_lab import models, naming, precision
+from distill_lab.data.corpus import NerCorpus
+from distill_lab.data.loader import load_corpus
+from distill_lab.distill.engine import resolve_device
+from distill_lab.pipeline import RunResult, run_distillation
+from distill_lab.plan import RunPlan, load_plan
+from distill_lab.spec import RunConfig, StudySpec, resolve
+from distill_lab.study import optuna_compat
+from distill_lab.study.storage import StudyContext, owner_name
+from distill_lab.study.summary import sampled_params
+from distill_lab.teacher import Teacher, prepare_teacher
+from distill_lab.artifacts import confusion_figure, predictions_tsv
+from distill_lab.tracking import RunHandle, Tracker, temporary_directory
+
+Stage = Callable[[str, int, int], None]
+# Corpora read once per process: a worker's trials share them (keyed by the data spec).
+_CORPUS_CACHE: dict[str, NerCorpus] = {}
+
+
+def corpus_for(config: RunConfig) -> NerCorpus:
+    key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
+    if key not in _CORPUS_CACHE:
+        _CORPUS_CACHE[key] = load_corpus(config.data)
+    return _CORPUS_CACHE[key]
+
+
+def check_against_models(spec: StudySpec) -> tuple[int, int]:
+    """The spec's base run planned against the real model configs (no weights): its layer counts."""
+    plan = load_plan(resolve(spec))
+    return plan.n_teacher, plan.n_student
+
+
+def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experiment_id: str, parent_run_id: str,
+              stage: Stage | None = None) -> float:
+    """The objective: every seed of one sampled setting; returns the mean dev F1 of the kept checkpoints."""
+    params = sampled_params(trial, ctx)
+    base = resolve(ctx.spec, params)
+    trial.set_user_attr("worker", owner_name())
+    with tracker.run(experiment_id, naming.run_name(trial.number, base), tags=_trial_tags(trial, ctx, base),
+                     parent_run_id=parent_run_id, finished_on=(optuna.TrialPruned,)) as run:
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        run.log_params({**base.flat(), "study.seeds": ctx.seeds, "optuna.trial_number": trial.number,
+                        "optuna.params": json.dumps(params, default=str)})
+        try:
+            results = _run_seeds(trial, ctx, run, params, stage)
+        except optuna.TrialPruned:
+            raise
+        except BaseException:
+            # Any other way out (NaN, out of memory, a bug, Ctrl-C) makes the Optuna trial FAIL:
+            # the tag must say so rather than stay RUNNING on a run that has ended.
+            with contextlib.suppress(Exception):
+                run.set_tags({"optuna_state": "FAIL"})
+            raise
+        value = _log_final(run, results, trial)
+        _log_artifacts(run, results[0], base, ctx)
+        run.set_tags({"optuna_state": "COMPLETE"})
+        if ctx.save_best:
+            _maybe_save_best(run, trial, results, value)
+    return value
+
+
+def _trial_tags(trial: optuna.Trial, ctx: StudyContext, base: RunConfig) -> dict[str, Any]:
+    tags: dict[str, Any] = {
+        "role": "trial", "study": ctx.spec.name, "trial_number": trial.number,
+        "optuna_trial_id": optuna_compat.trial_id(trial), "optuna_state": "RUNNING", "setting": naming.setting(base),
+        "init": naming.init_name(base), "mapping": naming.mapping_name(base)}
+    system_attrs = optuna_compat.system_attrs(trial.study, trial)
+    if "failed_trial" in system_attrs:  # a re-queued trial of a dead worker links to the dead worker's run
+        tags.update(retry_of_run=trial.user_attrs.get("mlflow_run_id"), retry_of_trial=system_attrs["failed_trial"])
+    return tags
+
+
+def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: dict[str, Any],
+               stage: Stage | None) -> list[RunResult]:
+    results: list[RunResult] = []
+    plan: RunPlan | None = None  # the seed changes nothing the plan decides: made once per trial
+    for seed_index, seed in enumerate(ctx.seeds):
+        config = resolve(ctx.spec, {**params, "training.seed": seed})
+        prefix = "" if seed_index == 0 else f"seed{seed}_"
+
+        def on_eval(step: int, metrics: dict[str, float], seed_index: int = seed_index, prefix: str = prefix) -> bool:
+            logged = {f"{prefix}{k}": v for k, v in metrics.items() if k not in ("step", "epoch")}
+            run.log_metrics(logged, step=step, synchronous=False)
+            if seed_index == 0:  # pruning compares first-seed curves across trials
+                trial.report(metrics["dev_f1"], step)
+                return trial.should_prune()
+            return False
+
+        plan = plan or load_plan(config)
+        result = run_distillation(config, on_eval=on_eval, stage=stage, corpus=corpus_for(config), plan=plan)
+        results.append(result)
+        if result.train_result.stopped_early:
+            run.set_tags({"optuna_state": "PRUNED"})
+            _log_final(run, results, trial)
+            raise optuna.TrialPruned(f"pruned at step {result.train_result.steps}")
+    return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def final_metrics(results: list[RunResult]) -> dict[str, float]:
+    """A trial's summary metrics over its seeds (the kept checkpoint's scores; both evals logged)."""
+    first, teacher = results[0], results[0].teacher
+    value, value_std = _mean_std([r.dev.f1 for r in results])
+    test, test_std = _mean_std([r.test.f1 for r in results])
+    metrics = {
+        "best_dev_f1": value, "best_dev_f1_std": value_std, "test_f1": test, "test_f1_std": test_std,
+        "train_sample_f1": statistics.fmean(r.train_sample_f1 for r in results),
+        "teacher_dev_f1": teacher.dev_f1, "teacher_test_f1": teacher.test_f1,
+        "retention": value / teacher.dev_f1 if teacher.dev_f1 > 0 else 0.0,
+        "student_params": first.student_params, "teacher_params": first.teacher_params,
+        "compression": first.teacher_params / first.student_params,
+        "tokens_per_second": statistics.fmean(r.train_result.tokens_per_second for r in results),
+        "wall_seconds": sum(r.wall_seconds for r in results),
+        "n_seeds": len(results),
+        "dev_f1_best_eval": statistics.fmean(r.train_result.best_dev_f1 for r in results),
+        "dev_f1_last_eval": statistics.fmean(
+            r.train_result.last_dev_scores.f1 if r.train_result.last_dev_scores else r.dev.f1 for r in results),
+    }
+    for result in results:
+        seed = result.config.training.seed
+        metrics[f"dev_f1_seed{seed}"] = result.dev.f1
+        metrics[f"test_f1_seed{seed}"] = result.test.f1
+    for entity, score in first.dev.per_type.items():
+        metrics[f"dev_f1_{entity}"] = score
+    return metrics
+
+
+def _log_final(run: RunHandle, results: list[RunResult], trial: optuna.Trial) -> float:
+    first, teacher = results[0], results[0].teacher
+    metrics = final_metrics(results)
+    last_step = max(r.train_result.steps for r in results)
+    run.log_metrics(metrics, step=last_step)
+    # The MLflow UI's dev_f1 column shows the latest value: make that the best, not the last eval.
+    run.log_metrics({"dev_f1": metrics["best_dev_f1"]}, step=last_step + 1)
+    n_student = models.num_layers(first.student)
+    run.set_tags({
+        "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
+        "student": naming.student_name(n_student, first.init.strategy),
+        "student_model": naming.student_model_name(first.config, teacher.ref.display_name, n_student),
+        "diagnosis": first.diagnosis, "diagnosis_advice": first.advice,
+        "teacher_fingerprint": teacher.fingerprint, "precision": first.precision,
+        "checkpoint": first.config.training.checkpoint, "seeds": ",".join(str(r.config.training.seed) for r in results),
+    })
+    trial.set_user_attr("dev_f1_per_seed", {str(r.config.training.seed): r.dev.f1 for r in results})
+    trial.set_user_attr("test_f1_per_seed", {str(r.config.training.seed): r.test.f1 for r in results})
+    return metrics["best_dev_f1"]
+
+
+def _log_artifacts(run: RunHandle, result: RunResult, config: RunConfig, ctx: StudyContext) -> None:
+    if not ctx.spec.tracking.log_artifacts:
+        return
+    run.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+    run.log_text(result.dev.report, "classification_report.txt")
+    run.log_dict({"dev": result.dev.per_type, "test": result.test.per_type}, "per_type_f1.json")
+    gold = [list(s.tags or ()) for s in result.dev_sentences]
+    figure = confusion_figure(gold, result.dev_predictions, result.labels)
+    run.log_figure(figure, "confusion_matrix.png")
+    run.log_text(predictions_tsv(result.dev_sentences, result.dev_predictions), "sample_predictions.tsv")
+
+
+def _maybe_save_best(run: RunHandle, trial: optuna.Trial, results: list[RunResult], value: float) -> None:
+    study_best = [t.value for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.value is not None]
+    if study_best and value < max(study_best):
+        return
+    with temporary_directory() as directory:
+        results[0].student.save_pretrained(directory, safe_serialization=True)
+        results[0].student_tokenizer.save_pretrained(directory)
+        run.log_artifacts(directory, "student")
+    run.set_tags({"best_checkpoint": "student/"})
+
+
+def prepare_shared_teacher(ctx: StudyContext, tracker: Tracker, experiment_id: str, parent_run_id: str,
+                           stage: Stage | None = None) -> Teacher:
+    """Fine-tune (or load) the teacher once before workers start, and track it as its own run."""
+    config = resolve(ctx.spec)
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    device = resolve_device(config.training.device)
+    # The same precision the trials resolve: otherwise the study fine-tunes an fp32 teacher here and
+    # every trial a second, bf16 one (another cache key).
+    teacher = prepare_teacher(config, corpus_for(config), device=device,
+                              precision=precision.resolve(config.training.precision, device),
+                              progress=stage and (lambda done, total: stage("teacher fine-tune", done, total)))
+    if tracker.find_run(experiment_id, {"role": "teacher", "teacher_fingerprint": teacher.fingerprint}) is None:
+        _log_teacher_run(ctx, config, teacher, tracker, experiment_id, parent_run_id)
+    return teacher
+
+
+def _log_teacher_run(ctx: StudyContext, config: RunConfig, teacher: Teacher, tracker: Tracker,
+                     experiment_id: str, parent_run_id: str) -> None:
+    tags = {"role": "teacher", "study": ctx.spec.name, "teacher_fingerprint": teacher.fingerprint,
+            "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
+            "reused_from_cache": teacher.reused}
+    with tracker.run(experiment_id, f"teacher {teacher.ref.display_name}", tags=tags,
+                     parent_run_id=parent_run_id) as run:
+        recipe = config.teacher.finetune.model_dump() if config.teacher.finetune else {}
+        run.log_params({"teacher.model": config.teacher.model, "teacher.checkpoint": config.teacher.checkpoint,
+                        **{f"teacher.finetune.{k}": v for k, v in recipe.items()},
+                        "data.max_length": config.data.max_length})
+        run.log_metrics({"dev_f1": teacher.dev_f1, "test_f1": teacher.test_f1,
+                         "teacher_params": models.count_parameters(teacher.model),
+                         "fine_tune_seconds": teacher.fine_tune_seconds})

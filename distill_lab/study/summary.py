@@ -1,0 +1,85 @@
+"""What a study holds, read back: counts, the best trial, the trials table, a trial's params to rerun."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from distill_lab import models, naming, search_space
+from distill_lab.spec import StudySpec
+from distill_lab.study.storage import FINISHED_STATES, StudyContext
+
+
+def state_counts(study: optuna.Study) -> dict[TrialState, int]:
+    counts = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial (`study.best_trial`), None while there is none."""
+    try:
+        return study.best_trial
+    except ValueError:  # Optuna: "No trials are completed yet."
+        return None
+
+
+def study_line(study: optuna.Study) -> str:
+    counts = state_counts(study)
+    best = best_trial(study)
+    best_text = f"best {best.value * 100:.2f} (#{best.number})" if best else "best -"
+    return (f"done {counts[TrialState.COMPLETE]} pruned {counts[TrialState.PRUNED]} "
+            f"failed {counts[TrialState.FAIL]} running {counts[TrialState.RUNNING]}  {best_text}")
+
+
+def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        params = {k: search_space.decode(v) for k, v in (trial.params or {}).items()}
+        rows.append({
+            "number": trial.number, "state": trial.state.name, "value": trial.value,
+            "params": naming.compact_params(params),
+            "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
+            "seconds": trial.duration.total_seconds() if trial.duration is not None else None,
+            "reason": trial.user_attrs.get("fail_reason", ""),
+        })
+    return rows
+
+
+def grid_size(spec: StudySpec) -> int:
+    return len(search_space.grid_points(spec)) if search_space.is_grid(spec) else 0
+
+
+def target_trials(spec: StudySpec, n_trials: int | None) -> int:
+    if search_space.is_grid(spec):
+        return grid_size(spec)
+    return n_trials or spec.study.n_trials
+
+
+def layer_counts(spec: StudySpec) -> tuple[int, int]:
+    """Teacher and student layer counts from the model configs (no weights loaded)."""
+    teacher_ref = models.resolve_reference(spec.teacher.model, trust_remote_code=spec.teacher.trust_remote_code,
+                                           field="teacher.model")
+    n_teacher = models.num_layers(models.load_config(teacher_ref))
+    if spec.student.model:
+        n_student = models.num_layers(models.load_config(models.resolve_reference(spec.student.model,
+                                                                                  field="student.model")))
+    else:
+        n_student = spec.student.from_teacher.num_layers if spec.student.from_teacher else 3
+    return n_teacher, n_student
+
+
+def sampled_params(trial: optuna.trial.BaseTrial, ctx: StudyContext) -> dict[str, Any]:
+    return search_space.suggest(trial, ctx.spec, n_teacher=ctx.n_teacher, n_student=ctx.n_student)
+
+
+def rerun_params(trial: optuna.trial.FrozenTrial, ctx: StudyContext) -> dict[str, Any]:
+    """The exact sampled params of a recorded trial, replayed through the same search space."""
+    return sampled_params(optuna.trial.FixedTrial(trial.params, number=trial.number), ctx)

@@ -1,0 +1,306 @@
+"""The worker loop and everything that keeps a study's trials and runs consistent across workers.
+
+A worker takes trials until the study has `n_trials` finished (or its grid is exhausted), runs each
+through the objective, decides the trial's state once and tells Optuna once. Around it: the MLflow
+parent run created once, crash recovery (`reconcile`), runs orphaned by dead workers, and the
+local worker processes of `study run --workers N`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from typing import Callable
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from distill_lab import search_space
+from distill_lab.errors import DistillLabError
+from distill_lab.masking import mask_url
+from distill_lab.runtime import quiet_libraries
+from distill_lab.signals import deferred_interrupts, interrupt_once
+from distill_lab.spec import StudySpec
+from distill_lab.study import optuna_compat
+from distill_lab.study.objective import Stage, run_trial
+from distill_lab.study.storage import FINISHED_STATES, StudyContext, open_storage, owner_alive
+from distill_lab.study.summary import state_counts
+from distill_lab.tracking import RunHandle, Tracker
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 2.0
+
+
+def ensure_tracking(ctx: StudyContext, study: optuna.Study, tracker: Tracker) -> tuple[str, str]:
+    """Experiment and parent run, created once (before any worker starts) and kept in user attrs."""
+    attrs = study.user_attrs
+    # Stored masked: the Optuna storage (and optuna-dashboard) never holds the tracking password.
+    if attrs.get("mlflow_parent_run_id") and attrs.get("mlflow_tracking_uri") == mask_url(ctx.tracking_uri):
+        return attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"]
+    experiment_id = tracker.ensure_experiment(ctx.spec.tracking.experiment or ctx.spec.name)
+    parent = tracker.create_run(experiment_id, f"study {ctx.spec.name}", tags={
+        "role": "study", "study": ctx.spec.name, "optuna_storage": mask_url(ctx.storage_url),
+        "mlflow.note.content": ctx.spec.description or ""})
+    study_settings = ctx.spec.study.model_dump(mode="json")
+    handle_params = {"study." + k: v for k, v in study_settings.items() if k != "search_space"}
+    handle_params["study.search_space"] = json.dumps(study_settings["search_space"])
+    RunHandle(tracker.client, parent).log_params(handle_params)
+    study.set_user_attr("mlflow_tracking_uri", mask_url(ctx.tracking_uri))
+    study.set_user_attr("mlflow_experiment_id", experiment_id)
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    return experiment_id, parent
+
+
+def reconcile(study: optuna.Study, ctx: StudyContext, tracker: Tracker | None) -> int:
+    """After a crash: fail trials whose local worker died, end their runs FAILED, re-queue grid points."""
+    fixed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker")
+        if owner and not owner_alive(owner):
+            optuna_compat.fail_trial(study, trial, f"worker {owner} died")
+            fixed += 1
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if tracker and run_id:
+                _end_run_failed(tracker, run_id, f"worker {owner} died")
+    if search_space.is_grid(ctx.spec):
+        enqueue_missing_grid_points(study, ctx.spec)
+    return fixed
+
+
+def _end_run_failed(tracker: Tracker, run_id: str, reason: str) -> None:
+    try:
+        tracker.client.set_tag(run_id, "error", reason)
+        tracker.client.set_tag(run_id, "optuna_state", "FAIL")
+        tracker.end_run(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the run may be on an unreachable server
+        log.warning("could not end MLflow run %s", run_id)
+
+
+def enqueue_missing_grid_points(study: optuna.Study, spec: StudySpec) -> int:
+    """Each grid point gets exactly one trial: enqueue points without a finished/queued/running one."""
+    taken = []
+    for trial in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.WAITING, TrialState.RUNNING)):
+        params = trial.params or trial.system_attrs.get("fixed_params", {})
+        taken.append(json.dumps(params, sort_keys=True))
+    missing = [point for point in search_space.grid_points(spec) if json.dumps(point, sort_keys=True) not in taken]
+    for point in missing:
+        study.enqueue_trial(point, skip_if_exists=False)
+    return len(missing)
+
+
+def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> int:
+    """End FAILED the MLflow trial runs still RUNNING whose Optuna trial has failed.
+
+    That happens when a worker is killed -9 or its heartbeat went stale. Matching goes through the
+    run's `optuna_trial_id` tag, which is set when the run is created (no race with the trial attr).
+    The runs are read before the trials, and only a FAIL trial (or one this study does not have)
+    orphans its run: a trial asked after the read, or one that completed after it (its owner ends
+    the run FINISHED before it tells the trial), is never mistaken for a dead one.
+    """
+    candidates = [run for run in tracker.runs_in_state(experiment_id)
+                  if run.data.tags.get("study") == study.study_name and run.data.tags.get("role") == "trial"]
+    if not candidates:
+        return 0
+    states = {optuna_compat.trial_id(t): t.state for t in study.get_trials(deepcopy=False)}
+    ended = 0
+    for run in candidates:
+        if states.get(int(run.data.tags.get("optuna_trial_id", -1)), TrialState.FAIL) != TrialState.FAIL:
+            continue
+        _end_run_failed(tracker, run.info.run_id, "worker died before the run ended")
+        ended += 1
+    return ended
+
+
+def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, *, grid: bool) -> bool:
+    """A trial asked by workers that counted at the same moment, beyond what the study needs."""
+    if grid:
+        # Every grid point is enqueued up front (enqueue_missing_grid_points): a trial that did not
+        # come from the queue was created because another worker took the last queued point
+        # between this worker's count and its ask.
+        return "fixed_params" not in optuna_compat.system_attrs(study, trial)
+    earlier = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
+               if t.number < trial.number]
+    return len(earlier) >= n_trials
+
+
+class Worker:
+    """One worker's loop over a study (`study run` in-process, `study worker`, or a spawned process)."""
+
+    def __init__(self, ctx: StudyContext, *, worker: int = 0, stage: Stage | None = None) -> None:
+        self.ctx, self.stage = ctx, stage
+        self.study = optuna.load_study(study_name=ctx.spec.name,
+                                       storage=open_storage(ctx.storage_url, tracking_uri=ctx.tracking_uri),
+                                       sampler=search_space.sampler_for(ctx.spec, worker),
+                                       pruner=search_space.pruner_for(ctx.spec))
+        self.tracker = Tracker(ctx.tracking_uri)
+        self.experiment_id = self.study.user_attrs["mlflow_experiment_id"]
+        self.parent_run_id = self.study.user_attrs["mlflow_parent_run_id"]
+        self.grid = search_space.is_grid(ctx.spec)
+        self.heartbeat = optuna_compat.heartbeat_enabled(self.study)
+        self.failures = 0
+
+    def next_step(self, started: float) -> str:
+        """`take` a new trial, `wait` for a running one that may still come back, or `stop`."""
+        counts = state_counts(self.study)
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        running = counts[TrialState.RUNNING]
+        if finished >= self.ctx.n_trials or (self.ctx.timeout and time.monotonic() - started > self.ctx.timeout):
+            return "stop"
+        nothing_to_take = (counts[TrialState.WAITING] == 0) if self.grid else (finished + running >= self.ctx.n_trials)
+        if nothing_to_take:
+            # A running trial may still die and be re-queued by its stale heartbeat: wait and look again.
+            return "wait" if self.heartbeat and running else "stop"
+        if self.failures > max(3, self.ctx.n_trials):
+            log.warning("stopping: %d trials failed in this worker", self.failures)
+            return "stop"
+        return "take"
+
+    def clean_stale(self) -> None:
+        """Optuna's own machinery: trials of workers whose heartbeat stopped become FAIL and are
+        re-queued by RetryHeartbeatStaleTrialCallback; their MLflow runs are ended FAILED."""
+        if self.heartbeat:
+            optuna.storages.fail_stale_trials(self.study)
+            end_orphan_runs(self.study, self.tracker, self.experiment_id)
+
+    def run_one(self, trial: optuna.Trial) -> TrialState:
+        """Run one trial: one try, its state decided once, one `tell` (an interrupt is re-raised after it)."""
+        value, state, interrupt = None, TrialState.FAIL, None
+        try:
+            with optuna_compat.heartbeat(self.study, trial):
+                value = run_trial(trial, self.ctx, self.tracker, self.experiment_id, self.parent_run_id,
+                                  stage=self.stage)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except (KeyboardInterrupt, SystemExit) as err:
+            interrupt = err
+            # A value means the run had already ended FINISHED: keep its result, then stop.
+            state = TrialState.COMPLETE if value is not None else TrialState.FAIL
+        except Exception as err:  # noqa: BLE001 - like optuna's _run_trial: record, fail the trial, go on
+            reason = repr(err) if not isinstance(err, DistillLabError) else f"{type(err).__name__}: {err}"
+            log.warning("trial %d failed with params %s: %s", trial.number, trial.params, reason)
+            trial.set_user_attr("fail_reason", reason[:2000])
+        if interrupt is not None and state is TrialState.FAIL:
+            trial.set_user_attr("fail_reason", "interrupted")
+        # skip_if_finished: a trial judged stale (starved heartbeat) was already failed and re-queued.
+        # Interrupts wait for the tell: a FINISHED run must not end up beside a FAIL trial.
+        with deferred_interrupts():
+            self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state,
+                            skip_if_finished=True)
+        if interrupt is not None:
+            if state is TrialState.FAIL:
+                self._after_interrupted(trial)
+            raise interrupt
+        self.failures += state is TrialState.FAIL
+        return state
+
+    def _after_interrupted(self, trial: optuna.Trial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:  # an interrupt during the run's close: the run is KILLED, its tag must agree
+            with contextlib.suppress(Exception):
+                self.tracker.client.set_tag(run_id, "optuna_state", "FAIL")
+        if self.grid:  # the point goes back to the queue for another worker
+            self.study.enqueue_trial(trial.params)
+
+
+def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study], None] | None = None,
+         stage: Stage | None = None) -> None:
+    """One worker: take trials until the study has n_trials finished (or the grid is exhausted)."""
+    loop = Worker(ctx, worker=worker, stage=stage)
+    started = time.monotonic()
+    while (step := loop.next_step(started)) != "stop":
+        if step == "wait":
+            time.sleep(POLL_SECONDS)
+            loop.clean_stale()
+            continue
+        loop.clean_stale()
+        trial = loop.study.ask()
+        if is_surplus(loop.study, trial, ctx.n_trials, grid=loop.grid):
+            # Not run (recorded FAIL with its reason, nothing tracked): a grid sampler would otherwise rerun a done point.
+            trial.set_user_attr("fail_reason", "surplus: every grid point was already taken" if loop.grid
+                                else f"surplus: {ctx.n_trials} trials were already finished or running")
+            loop.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if loop.grid:
+                continue  # a dead worker's point may still come back to the queue: look again
+            break
+        loop.run_one(trial)
+        if on_trial is not None:
+            on_trial(loop.study)
+
+
+def _worker_process(ctx: StudyContext, threads: int, worker: int) -> None:
+    torch.set_num_threads(threads)
+    interrupt_once()
+    logging.basicConfig(level=logging.WARNING)
+    quiet_libraries()
+    try:
+        work(ctx, worker=worker)
+    except (KeyboardInterrupt, SystemExit):
+        os._exit(130)
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+STOP_SECONDS = float(os.environ.get("DISTILL_LAB_WORKER_STOP_SECONDS", "60"))
+
+
+def spawn_workers(ctx: StudyContext, workers: int) -> list[multiprocessing.Process]:
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_process, args=(ctx, threads_per_worker(workers), i + 1),
+                                 name=f"distill-lab-worker-{i}") for i in range(workers)]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def supervise(processes: list[multiprocessing.Process], study: optuna.Study, ctx: StudyContext, tracker: Tracker,
+              refresh: Callable[[optuna.Study], None], poll: float = 1.0) -> int:
+    """Wait for local workers; returns how many died. Whatever ends the wait, no worker outlives it.
+
+    A worker that dies (kill -9, out of memory) leaves its trial RUNNING: as soon as it is seen
+    gone, its trial is failed, its run ended FAILED and its grid point re-queued for the others.
+    An interrupt of the coordinator (Ctrl-C, SIGTERM from docker stop / systemd) is forwarded as
+    SIGTERM to every worker, which ends its trial's run KILLED and fails the trial; a worker still
+    there after DISTILL_LAB_WORKER_STOP_SECONDS is killed and reconciled like a dead one.
+    """
+    seen: set[int] = set()
+    died = 0
+    try:
+        while any(process.is_alive() for process in processes):  # is_alive() reaps an exited worker
+            refresh(study)
+            exited = [p for p in processes if p.exitcode is not None and p.pid not in seen]
+            if exited:
+                seen.update(p.pid for p in exited)
+                died += sum(p.exitcode != 0 for p in exited)
+                reconcile(study, ctx, tracker)
+            time.sleep(poll)
+    except BaseException:
+        stop_workers(processes)
+        raise
+    finally:
+        for process in processes:
+            process.join(timeout=STOP_SECONDS)
+        reconcile(study, ctx, tracker)
+    return died + sum(p.exitcode not in (0, None) for p in processes if p.pid not in seen)
+
+
+def stop_workers(processes: list[multiprocessing.Process]) -> None:
+    """SIGTERM to every live worker, then SIGKILL to any still there after STOP_SECONDS."""
+    for process in processes:
+        if process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.warning("worker %s did not stop in %.0f s: killed", process.pid, STOP_SECONDS)
+            process.kill()
+            process.join(timeout=10)
