@@ -10,7 +10,9 @@ COPY pyproject.toml README.md ./
 COPY distill_lab ./distill_lab
 COPY dashboards ./dashboards
 COPY studies ./studies
-RUN pip install ".[minilm,postgres]"
+COPY docker ./docker
+# mlflow[auth]: the tracking server's basic-auth app (the compose stack's mlflow service).
+RUN pip install ".[minilm,postgres]" "mlflow[auth]"
 
 ENTRYPOINT ["distill-lab"]
 CMD ["--help"]

@@ -33,7 +33,6 @@ def test_compose_worker_runs_study_worker_on_postgres():
 
 def test_compose_mlflow_server_uses_postgres_and_artifact_store():
     command = _compose()["services"]["mlflow"]["command"]
-    assert command[0] == "server"
     backend = command[command.index("--backend-store-uri") + 1]
     assert backend.startswith("postgresql+psycopg2://") and backend.endswith("/mlflow")
     assert command[command.index("--artifacts-destination") + 1] == "/mlartifacts"
@@ -60,17 +59,71 @@ def test_compose_commits_no_secret_value():
     assert ".env" not in tracked and ".env.example" in tracked or not tracked
 
 
+SECRETS = {"POSTGRES_PASSWORD": "only-for-validation", "MLFLOW_ADMIN_PASSWORD": "admin-password-for-validation",
+           "MLFLOW_FLASK_SECRET_KEY": "flask-secret-for-validation", "MLFLOW_TRACKING_PASSWORD": "a-tracking-password"}
+
+
+def test_compose_publishes_only_on_loopback_and_runs_mlflow_with_its_login():
+    services = _compose()["services"]
+    assert services["mlflow"]["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:${MLFLOW_PORT:-5000}:5000"]
+    assert services["dashboard"]["ports"] == ["127.0.0.1:${DASHBOARD_PORT:-8080}:8080"]  # no login of its own
+    assert services["mlflow"]["entrypoint"] == ["/app/docker/mlflow-server.sh"]
+    environment = services["mlflow"]["environment"]
+    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert environment["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_FLASK_SECRET_KEY:?")
+    assert environment["MLFLOW_AUTH_CONFIG_PATH"] == "/app/docker/mlflow-auth.ini"
+    assert services["worker"]["environment"]["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_TRACKING_PASSWORD:?")
+    hosts = services["mlflow"]["command"][services["mlflow"]["command"].index("--allowed-hosts") + 1].split(",")
+    assert "${MLFLOW_PUBLIC_HOST:-localhost}:${MLFLOW_PORT:-5000}" in hosts
+
+
+def _server_script(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "mlflow").write_text('#!/bin/sh\necho "mlflow $*"\n')
+    (fake / "mlflow").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", **environment}
+    return subprocess.run(["sh", str(ROOT / "docker" / "mlflow-server.sh"), "--port", "5000"], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("password", ["", "change-me", "password1234", "short"])
+def test_mlflow_server_script_refuses_placeholder_secrets(tmp_path, password):
+    result = _server_script(tmp_path, MLFLOW_AUTH_ADMIN_PASSWORD=password,
+                            MLFLOW_FLASK_SERVER_SECRET_KEY="a-long-enough-flask-secret")
+    assert result.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in result.stderr and result.stdout == ""
+    result = _server_script(tmp_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-enough-password",
+                            MLFLOW_FLASK_SERVER_SECRET_KEY=password)
+    assert result.returncode == 2 and "MLFLOW_FLASK_SERVER_SECRET_KEY" in result.stderr
+
+
+def test_mlflow_server_script_starts_the_basic_auth_app(tmp_path):
+    result = _server_script(tmp_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-enough-password",
+                            MLFLOW_FLASK_SERVER_SECRET_KEY="a-long-enough-flask-secret")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "mlflow server --app-name basic-auth --port 5000"
+
+
 def test_compose_validates_with_a_real_compose_implementation(tmp_path):
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("DISTILL_LAB_REQUIRE_COMPOSE") == "1":
             pytest.fail("docker-compose not installed, and DISTILL_LAB_REQUIRE_COMPOSE=1 requires it")
         pytest.skip("docker-compose (Debian package) not installed")
-    env = {**os.environ, "POSTGRES_PASSWORD": "only-for-validation"}
+    env = {**os.environ, **SECRETS}
     result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    missing = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=tmp_path,
-                             env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"},
-                             capture_output=True, text=True, timeout=120)
-    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+    rendered = yaml.safe_load(subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT,
+                                             env=env, capture_output=True, text=True, timeout=120).stdout)
+    for name in ("mlflow", "dashboard"):
+        for port in rendered["services"][name]["ports"]:
+            host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
+            assert host_ip == "127.0.0.1", f"{name} published on {port}"
+    assert rendered["services"]["mlflow"]["entrypoint"] == ["/app/docker/mlflow-server.sh"]
+    for secret in SECRETS:
+        missing = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=tmp_path,
+                                 env={**{k: v for k, v in os.environ.items() if k not in SECRETS},
+                                      **{k: v for k, v in SECRETS.items() if k != secret}},
+                                 capture_output=True, text=True, timeout=120)
+        assert missing.returncode != 0 and secret in missing.stderr
