@@ -33,7 +33,7 @@ from distill_lab.study import objective, optuna_compat, workers
 from distill_lab.errors import DistillLabError, SpecError
 from distill_lab.spec import parse_spec, set_dotted
 from distill_lab.study_runner import run_study
-from distill_lab.tracking import Tracker
+from distill_lab.tracking import PARENT_TAG, Tracker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -774,3 +774,40 @@ def test_a_killed_worker_s_point_is_rerun_and_the_study_still_finishes_every_poi
     assert sorted(t.params["distill.temperature"] for t in done) == [1, 2, 4, 8]  # each point once
     assert _runs(store, study, "attributes.status = 'RUNNING'") == []
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+def test_two_starts_at_once_share_one_parent_run(store):
+    ctx = _ctx(_spec(), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    tracker = Tracker(ctx.tracking_uri)
+    experiment_id = tracker.ensure_experiment("unit_study")
+    # The other `study run` created its parent a moment ago and has not yet stored its id.
+    rival = tracker.create_run(experiment_id, "study unit_study", tags={
+        "role": "study", "study": "unit_study", "optuna_storage": ctx.storage_url})
+    assert driver.ensure_tracking(ctx, study, tracker) == (experiment_id, rival)
+    assert _load(store).user_attrs["mlflow_parent_run_id"] == rival
+    parents = _client(store).search_runs([experiment_id], filter_string="tags.role = 'study'")
+    assert [run.info.run_id for run in parents] == [rival]  # the loser deleted its own
+    # The rival, looking after both exist, keeps its own: the earliest, the same for both.
+    again = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    assert driver.ensure_tracking(ctx, again, tracker)[1] == rival
+
+
+def test_two_study_runs_started_together_make_one_parent_run(store):
+    spec_path = _write_spec(store.dir, {"name": "twin_starts", "study.sampler": "grid",
+                                        "study.search_space": {"distill.temperature": {"type": "grid",
+                                                                                       "values": [1, 4]}}})
+    command = [sys.executable, "-m", "distill_lab.cli", "study", "run", str(spec_path), "--storage", store.journal,
+               "--tracking-uri", store.uri]
+    processes = [subprocess.Popen(command, cwd=store.dir, env=_cli_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=CLI_TIMEOUT)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    study = _load(store, "twin_starts")
+    runs = _runs(store, study)
+    parents = [run for run in runs if run.data.tags["role"] == "study"]
+    assert [run.info.run_id for run in parents] == [study.user_attrs["mlflow_parent_run_id"]]
+    trials = [run for run in runs if run.data.tags["role"] == "trial"]
+    assert {run.data.tags[PARENT_TAG] for run in trials} == {parents[0].info.run_id}
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["distill.temperature"] for t in done) == [1, 4]

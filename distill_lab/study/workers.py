@@ -36,24 +36,49 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
 
 
+# Parent runs of one study created this close together are one start raced by another: the earliest wins.
+PARENT_RACE_SECONDS = 120
+
+
 def ensure_tracking(ctx: StudyContext, study: optuna.Study, tracker: Tracker) -> tuple[str, str]:
-    """Experiment and parent run, created once (before any worker starts) and kept in user attrs."""
+    """Experiment and parent run, created once (before any worker starts) and kept in user attrs.
+
+    Two `study run` started at once on one study both find no parent in the user attrs and both
+    create one. Optuna's user attrs have no compare-and-set, so MLflow decides: after creating its
+    own, each process lists the study's parent runs started within PARENT_RACE_SECONDS of its own
+    and keeps the earliest (start time, then run id), deleting its own if it lost. The earliest one
+    is the same for every process that can see it, so there is exactly one parent run.
+    """
     attrs = study.user_attrs
     # Stored masked: the Optuna storage (and optuna-dashboard) never holds the tracking password.
     if attrs.get("mlflow_parent_run_id") and attrs.get("mlflow_tracking_uri") == mask_url(ctx.tracking_uri):
         return attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"]
     experiment_id = tracker.ensure_experiment(ctx.spec.tracking.experiment or ctx.spec.name)
-    parent = tracker.create_run(experiment_id, f"study {ctx.spec.name}", tags={
-        "role": "study", "study": ctx.spec.name, "optuna_storage": mask_url(ctx.storage_url),
-        "mlflow.note.content": ctx.spec.description or ""})
-    study_settings = ctx.spec.study.model_dump(mode="json")
-    handle_params = {"study." + k: v for k, v in study_settings.items() if k != "search_space"}
-    handle_params["study.search_space"] = json.dumps(study_settings["search_space"])
-    RunHandle(tracker.client, parent).log_params(handle_params)
+    tags = {"role": "study", "study": ctx.spec.name, "optuna_storage": mask_url(ctx.storage_url)}
+    mine = tracker.create_run(experiment_id, f"study {ctx.spec.name}",
+                              tags={**tags, "mlflow.note.content": ctx.spec.description or ""})
+    parent = _earliest_parent(tracker, experiment_id, tags, mine)
+    if parent != mine:
+        tracker.client.delete_run(mine)
+        log.info("another study run created parent run %s at the same time: using it", parent)
+    else:
+        study_settings = ctx.spec.study.model_dump(mode="json")
+        handle_params = {"study." + k: v for k, v in study_settings.items() if k != "search_space"}
+        handle_params["study.search_space"] = json.dumps(study_settings["search_space"])
+        RunHandle(tracker.client, parent).log_params(handle_params)
     study.set_user_attr("mlflow_tracking_uri", mask_url(ctx.tracking_uri))
     study.set_user_attr("mlflow_experiment_id", experiment_id)
     study.set_user_attr("mlflow_parent_run_id", parent)
     return experiment_id, parent
+
+
+def _earliest_parent(tracker: Tracker, experiment_id: str, tags: dict[str, str], mine: str) -> str:
+    own_start = tracker.client.get_run(mine).info.start_time
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    runs = tracker.client.search_runs([experiment_id], filter_string=query, max_results=1000)
+    rivals = [(run.info.start_time, run.info.run_id) for run in runs
+              if abs(run.info.start_time - own_start) <= PARENT_RACE_SECONDS * 1000]
+    return min([*rivals, (own_start, mine)])[1]
 
 
 def reconcile(study: optuna.Study, ctx: StudyContext, tracker: Tracker | None) -> int:
