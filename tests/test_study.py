@@ -811,3 +811,24 @@ def test_two_study_runs_started_together_make_one_parent_run(store):
     assert {run.data.tags[PARENT_TAG] for run in trials} == {parents[0].info.run_id}
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     assert sorted(t.params["distill.temperature"] for t in done) == [1, 4]
+
+
+def test_a_secret_from_the_environment_is_stored_and_printed_nowhere(store, monkeypatch, capfd):
+    secret = "planted-Secret-4e1f9b"
+    monkeypatch.setenv("DL_TEST_TOKEN", secret)
+    spec = parse_spec(_raw({"description": "shared by ${DL_TEST_TOKEN}", "tracking.experiment": "unit_study"}),
+                      overrides=["study.n_trials=1"], source="test")
+    assert spec.description == f"shared by {secret}"  # expanded for the run itself
+    code, printed = _run(_ctx(spec, store))
+    assert code == 0
+    captured = capfd.readouterr()
+    stores = [path for path in store.dir.rglob("*") if path.is_file()]
+    assert Path(store.journal) in stores and store.dir / "mlflow.db" in stores
+    for path in stores:  # the Optuna journal, the MLflow database, every artifact
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in printed + captured.out + captured.err
+    study = _load(store)
+    assert study.user_attrs["spec"]["description"] == "shared by ${DL_TEST_TOKEN}"  # stored as written
+    assert driver.spec_of(study).description == f"shared by {secret}"  # expanded when read back
+    parent = _client(store).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.data.tags["mlflow.note.content"] == "shared by ${DL_TEST_TOKEN}"

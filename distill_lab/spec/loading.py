@@ -127,11 +127,13 @@ def parse_spec(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
+    written = copy.deepcopy(tree)
     tree = interpolate(tree)
     try:
         spec = StudySpec.model_validate(tree)
     except ValidationError as err:
         raise SpecError(_format_validation_error(err, source)) from None
+    spec._written = written
     # Search-space paths must point at real config fields: resolve once with sample values.
     for path, param in spec.study.search_space.items():
         try:

@@ -8,6 +8,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -365,6 +366,13 @@ class StudySpec(_Model):
     study: StudySection = StudySection()
     diagnosis: DiagnosisSpec = DiagnosisSpec()
     tracking: TrackingSpec = TrackingSpec()
+    # The spec as the user wrote it (overrides applied, ${VAR} not expanded): what is stored.
+    _written: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def written(self) -> dict[str, Any]:
+        """The spec as written, `${VAR}` references unexpanded, so no secret from the environment is
+        stored or shown; the expanded values only for a spec that was not read from text."""
+        return self._written if self._written is not None else self.model_dump(mode="json")
 
     @model_validator(mode="after")
     def _search_space_paths(self) -> "StudySpec":

@@ -25,7 +25,7 @@ from distill_lab import search_space
 from distill_lab.errors import DistillLabError, SpecError
 from distill_lab.masking import mask_url, scrub
 from distill_lab.paths import home_dir
-from distill_lab.spec import StudySpec
+from distill_lab.spec import StudySpec, parse_spec
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # Heartbeat of RDB storages: a worker silent for GRACE seconds is dead and its trial re-queued.
@@ -148,7 +148,7 @@ def create_or_load(ctx: StudyContext, storage: optuna.storages.BaseStorage) -> o
             f"give this one a new name (--set name=...) or use another --storage"
         )
     if "spec_digest" not in attrs:
-        study.set_user_attr("spec", spec.model_dump(mode="json"))
+        study.set_user_attr("spec", spec.written())  # as written: ${VAR} secrets stay in the environment
         study.set_user_attr("spec_digest", digest)
     study.set_user_attr("n_trials", ctx.n_trials)
     return study
@@ -164,7 +164,8 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
 
 
 def spec_of(study: optuna.Study) -> StudySpec:
-    return StudySpec.model_validate(study.user_attrs["spec"])
+    """The study's spec, its `${VAR}` references expanded from this process's environment."""
+    return parse_spec(study.user_attrs["spec"], source=f"study {study.study_name!r}'s stored spec")
 
 
 def owner_name() -> str:

@@ -56,7 +56,7 @@ def ensure_tracking(ctx: StudyContext, study: optuna.Study, tracker: Tracker) ->
     experiment_id = tracker.ensure_experiment(ctx.spec.tracking.experiment or ctx.spec.name)
     tags = {"role": "study", "study": ctx.spec.name, "optuna_storage": mask_url(ctx.storage_url)}
     mine = tracker.create_run(experiment_id, f"study {ctx.spec.name}",
-                              tags={**tags, "mlflow.note.content": ctx.spec.description or ""})
+                              tags={**tags, "mlflow.note.content": str(ctx.spec.written().get("description") or "")})
     parent = _earliest_parent(tracker, experiment_id, tags, mine)
     if parent != mine:
         tracker.client.delete_run(mine)
