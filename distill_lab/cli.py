@@ -63,18 +63,22 @@ def _quiet_libraries() -> None:
 def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
              overrides: Optional[list[str]] = SetOption) -> None:
     """Check a spec and print the resolved run config."""
-    from distill_lab.spec import load_spec, resolve
-
-    from distill_lab import search_space, study
+    from distill_lab import search_space
+    from distill_lab.data.loader import check_data
     from distill_lab.models import resolve_reference
+    from distill_lab.plan import load_plan
+    from distill_lab.spec import load_spec, resolve
 
     study_spec = load_spec(spec, overrides or [])
     search_space.check_space(study_spec)
     config = resolve(study_spec)
+    check_data(config.data)
     if resolve_reference(study_spec.teacher.model, field="teacher.model").kind != "hub":
         _quiet_libraries()
-        n_teacher, n_student = study.check_against_models(study_spec)
-        out.print(f"models: teacher {n_teacher} layers, student {n_student} layers")
+        plan = load_plan(config)
+        out.print(f"models: teacher {plan.n_teacher} layers, student {plan.n_student} layers")
+        for note in plan.notes:
+            out.print(f"note: {note}", markup=False, soft_wrap=True)
     else:
         out.print("models: hub teacher, layer checks happen when the run loads it")
     out.print(f"[green]ok[/green] {spec}: study {study_spec.name!r}, "
@@ -153,8 +157,9 @@ TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI 
 def _context(spec_path: Path, overrides: list[str] | None, storage: str | None, tracking_uri: str | None,
              n_trials: int | None, timeout: float | None, save_best: bool, workers: int = 1) -> Any:
     from distill_lab import search_space, study
+    from distill_lab.data.loader import check_data
     from distill_lab.spec import load_spec
-    from distill_lab.tracking import default_tracking_uri
+    from distill_lab.tracking import check_tracking_store, default_tracking_uri
 
     spec = load_spec(spec_path, overrides or [])
     search_space.check_space(spec)
@@ -164,9 +169,13 @@ def _context(spec_path: Path, overrides: list[str] | None, storage: str | None, 
         raise DistillLabError(f"--workers must be >= 1 but got {workers}")
     _quiet_libraries()
     n_teacher, n_student = study.check_against_models(spec)
+    # Nothing is written before the inputs are known good: data files, then the tracking store.
+    check_data(spec.data)
+    tracking = default_tracking_uri(tracking_uri, spec.tracking.tracking_uri)
+    check_tracking_store(tracking)
     return study.StudyContext(
         spec=spec, storage_url=storage or study.default_storage(),
-        tracking_uri=default_tracking_uri(tracking_uri, spec.tracking.tracking_uri),
+        tracking_uri=tracking,
         n_trials=study.target_trials(spec, n_trials), n_teacher=n_teacher, n_student=n_student,
         save_best=save_best, timeout=timeout)
 

@@ -34,6 +34,7 @@ class RunPlan:
     same_tokenizer: bool
     token_logits: bool  # the soft loss reads every sub-token's logits
     needs_teacher: bool  # some loss reads the teacher's outputs (soft, hidden or attention)
+    notes: tuple[str, ...] = ()  # settings that are valid but have no effect in this run
 
 
 def plan_run(config: RunConfig, teacher_config: Any, *, student_config: Any | None = None,
@@ -56,12 +57,17 @@ def plan_run(config: RunConfig, teacher_config: Any, *, student_config: Any | No
     sources = {"teacher": n_teacher, "pretrained": n_pretrained, "checkpoint": init_source_layers}
     init_layers = tuple(models.select_layers(choice, sources[strategy], n_student)) if strategy in sources else ()
     distill = config.distill
+    spec = distill.layer_mapping
+    uses_mapping = distill.alpha_hidden > 0 or distill.alpha_attention > 0
     mapping: LayerMapping = ()
-    if distill.alpha_hidden > 0 or distill.alpha_attention > 0:
-        spec = distill.layer_mapping
+    notes: list[str] = []
+    if uses_mapping or spec.pairs or spec.groups:  # layers named explicitly are checked even when unused
         mapping = build_mapping(spec.strategy, n_teacher, n_student,
                                 pairs=[list(p) for p in spec.pairs] if spec.pairs else None, groups=spec.groups,
                                 include_embeddings=spec.include_embeddings and distill.alpha_hidden > 0)
+    if not uses_mapping and (spec.pairs or spec.groups):
+        mapping = ()
+        notes.append(f"distill.layer_mapping ({spec.strategy}) is unused: alpha_hidden and alpha_attention are 0")
     token_level = token_level_losses(distill)
     if token_level and not same_tokenizer:
         raise SpecError(f"{token_level[0]} needs teacher and student to share a tokenizer")
@@ -73,7 +79,8 @@ def plan_run(config: RunConfig, teacher_config: Any, *, student_config: Any | No
         hidden_layers=teacher_layers_needed(mapping) if distill.alpha_hidden > 0 else (),
         same_tokenizer=same_tokenizer,
         token_logits=distill.alpha_soft > 0 and distill.soft_positions == "all_subtokens",
-        needs_teacher=distill.alpha_soft > 0 or distill.alpha_hidden > 0 or distill.alpha_attention > 0)
+        needs_teacher=distill.alpha_soft > 0 or distill.alpha_hidden > 0 or distill.alpha_attention > 0,
+        notes=tuple(notes))
 
 
 def _check_student_shape(config: RunConfig, teacher_config: Any, n_teacher: int) -> int:

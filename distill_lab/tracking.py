@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import tempfile
+import urllib.error
+import urllib.request
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +113,20 @@ def _finite(value: Any) -> bool:
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:MAX_PARAM_LENGTH]
+
+
+def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server must answer before a study writes anything (MLflow's own client retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return  # a local store (sqlite, file) is created on first use
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth app may refuse the probe): reachable
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"tracking server {mask_url(uri)} does not answer ({scrub(str(reason), uri)[:200]}); "
+                            "start it, or pass --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
 class Tracker:

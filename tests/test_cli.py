@@ -193,7 +193,12 @@ def test_cli_debug_shows_traceback(tmp_path, capfd):
 
 # --------------------------------------------------------------------------- validate / --set
 @pytest.mark.parametrize("study", STUDIES, ids=[path.name for path in STUDIES])
-def test_cli_validate_every_study(capfd, study):
+def test_cli_validate_every_study(capfd, study, tmp_path, monkeypatch):
+    corpus = tmp_path / "conll2003"  # validate checks the data files exist: a tiny stand-in for CoNLL-2003
+    corpus.mkdir()
+    for split in ("train", "dev", "test"):
+        (corpus / f"{split}.txt").write_text("EU B-ORG\nrejects O\n\n")
+    monkeypatch.setenv("DISTILL_LAB_DATA_DIR", str(tmp_path))
     code, out, err = _main(capfd, "validate", study)
     assert code == 0, err
     ok, config = _after_ok(out)

@@ -832,3 +832,58 @@ def test_a_secret_from_the_environment_is_stored_and_printed_nowhere(store, monk
     assert driver.spec_of(study).description == f"shared by {secret}"  # expanded when read back
     parent = _client(store).get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.data.tags["mlflow.note.content"] == "shared by ${DL_TEST_TOKEN}"
+
+
+@pytest.mark.parametrize("case", ["missing data directory", "unreachable tracking server"])
+def test_bad_inputs_are_refused_before_any_state_is_written(store, case):
+    raw = _raw({"name": "checked_first"})
+    tracking = store.uri
+    if case == "missing data directory":
+        raw["data"] = {"source": "conll", "path": str(store.dir / "no_such_corpus")}
+    else:
+        tracking = "http://127.0.0.1:9"  # nothing listens on the discard port
+    spec_path = _write_spec(store.dir, raw=raw)
+    result = _cli(["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", tracking],
+                  cwd=store.dir)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("does not exist" in lines[0] or "does not answer" in lines[0]), lines
+    assert not Path(store.journal).exists()  # no study, no spec digest to trip over
+    assert _client(store).get_experiment_by_name("checked_first") is None
+
+
+def test_a_study_with_no_finished_trial_takes_a_corrected_spec(store):
+    grid = {"distill.temperature": {"type": "grid", "values": [1, 2]}}
+    first = _ctx(_spec({"study.sampler": "grid", "study.search_space": grid}), store)
+    study = driver.create_or_load(first, driver.open_storage(first.storage_url))
+    driver.enqueue_missing_grid_points(study, first.spec)
+    study.tell(study.ask(), state=TrialState.FAIL)  # e.g. its teacher could not be trained
+    corrected = _ctx(_spec({"study.sampler": "grid", "training.epochs": 3,
+                            "study.search_space": {"distill.temperature": {"type": "grid", "values": [4, 8]}}}), store)
+    study = driver.create_or_load(corrected, driver.open_storage(corrected.storage_url))
+    assert study.user_attrs["spec_digest"] == driver.spec_digest(corrected.spec)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert TrialState.WAITING not in states  # the old spec's queued point will not run
+    assert driver.enqueue_missing_grid_points(study, corrected.spec) == 2
+    study.tell(study.ask(), 0.5)
+    with pytest.raises(SpecError, match="with a different spec"):  # once a trial finished, never again
+        driver.create_or_load(first, driver.open_storage(first.storage_url))
+
+
+def test_validate_checks_the_data_and_says_an_explicit_mapping_is_unused(store, capsys):
+    from distill_lab import cli
+
+    raw = _raw({"distill.layer_mapping": {"strategy": "explicit", "pairs": [[0, 0], [3, 1]]}})
+    spec_path = _write_spec(store.dir, raw=raw)
+    assert cli.app(["validate", str(spec_path)], standalone_mode=False) in (0, None)
+    assert "note: distill.layer_mapping (explicit) is unused: alpha_hidden and alpha_attention are 0" in \
+        capsys.readouterr().out
+    raw["distill"]["layer_mapping"]["pairs"] = [[0, 0], [9, 1]]  # past the 4-layer teacher: refused anyway
+    _write_spec(store.dir, raw=raw)
+    with pytest.raises(SpecError, match="9"):
+        cli.app(["validate", str(spec_path)], standalone_mode=False)
+    raw["distill"].pop("layer_mapping")
+    raw["data"] = {"source": "conll", "path": str(store.dir / "nowhere")}
+    _write_spec(store.dir, raw=raw)
+    with pytest.raises(DistillLabError, match="nowhere: data directory does not exist"):
+        cli.app(["validate", str(spec_path)], standalone_mode=False)

@@ -147,8 +147,8 @@ def _find_split_file(directory: Path, split: str) -> Path:
     raise DataError(f"{directory}: no {split} file found; tried {', '.join(names)}")
 
 
-def load_conll_dir(directory: Path, scheme: str = "auto") -> dict[str, list[Sentence]]:
-    """Read the train/dev/test CoNLL files of ``directory`` into ``{"train", "dev", "test"}``."""
+def split_files(directory: Path) -> dict[str, Path]:
+    """The train/dev/test files of a CoNLL directory (no parsing): a missing one is a DataError."""
     directory = Path(directory)
     if not directory.is_dir():
         state = "is not a directory" if directory.exists() else "does not exist"
@@ -156,6 +156,11 @@ def load_conll_dir(directory: Path, scheme: str = "auto") -> dict[str, list[Sent
             f"{directory}: data directory {state}; it should contain train, dev and test "
             f"CoNLL files (e.g. train.txt, dev.txt, test.txt)"
         )
+    return {split: _find_split_file(directory, split) for split in ("train", "dev", "test")}
+
+
+def load_conll_dir(directory: Path, scheme: str = "auto") -> dict[str, list[Sentence]]:
+    """Read the train/dev/test CoNLL files of ``directory`` into ``{"train", "dev", "test"}``."""
     # Resolve all three names first so a missing split fails before any slow parsing.
-    paths = {split: _find_split_file(directory, split) for split in ("train", "dev", "test")}
+    paths = split_files(directory)
     return {split: read_conll(path, scheme) for split, path in paths.items()}

@@ -9,6 +9,16 @@ from distill_lab.errors import DataError
 from distill_lab.spec import DataSpec
 
 
+def check_data(spec: DataSpec) -> None:
+    """What can be checked without reading the data: its files exist (before any state is written)."""
+    if spec.source == "conll":
+        from distill_lab.data.conll import split_files
+
+        split_files(Path(spec.path or ""))
+    if spec.transfer is not None and spec.transfer.path and not Path(spec.transfer.path).is_file():
+        raise DataError(f"data.transfer.path {spec.transfer.path}: file not found")
+
+
 def load_corpus(spec: DataSpec) -> NerCorpus:
     """Load the splits named by the spec, apply the sentence limits, check nothing is empty."""
     if spec.source == "synthetic":

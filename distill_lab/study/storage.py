@@ -26,6 +26,7 @@ from distill_lab.errors import DistillLabError, SpecError
 from distill_lab.masking import mask_url, scrub
 from distill_lab.paths import home_dir
 from distill_lab.spec import StudySpec, parse_spec
+from distill_lab.study import optuna_compat
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # Heartbeat of RDB storages: a worker silent for GRACE seconds is dead and its trial re-queued.
@@ -142,12 +143,18 @@ def create_or_load(ctx: StudyContext, storage: optuna.storages.BaseStorage) -> o
         sampler=search_space.sampler_for(spec), pruner=search_space.pruner_for(spec))
     attrs = study.user_attrs
     digest = spec_digest(spec)
-    if "spec_digest" in attrs and attrs["spec_digest"] != digest:
+    changed = "spec_digest" in attrs and attrs["spec_digest"] != digest
+    if changed and study.get_trials(deepcopy=False, states=FINISHED_STATES):
         raise SpecError(
             f"study {spec.name!r} already exists in {mask_url(ctx.storage_url)} with a different spec; "
             f"give this one a new name (--set name=...) or use another --storage"
         )
-    if "spec_digest" not in attrs:
+    # A study none of whose trials finished (e.g. a first start that failed on its data) takes the
+    # corrected spec: nothing measured under the old one is mixed with the new.
+    if changed:
+        for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # the old spec's queue
+            optuna_compat.fail_trial(study, waiting, "the study's spec changed before this trial ran")
+    if "spec_digest" not in attrs or changed:
         study.set_user_attr("spec", spec.written())  # as written: ${VAR} secrets stay in the environment
         study.set_user_attr("spec_digest", digest)
     study.set_user_attr("n_trials", ctx.n_trials)
