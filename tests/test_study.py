@@ -666,13 +666,14 @@ GRID_WORKERS = {"name": "grid_workers", "study.sampler": "grid", "training.epoch
                 "study.search_space": {"distill.temperature": {"type": "grid", "values": [1, 2, 4, 8]}}}
 
 
-def _start_two_workers(store: SimpleNamespace, log_name: str) -> tuple[subprocess.Popen, list[str], Any]:
+def _start_two_workers(store: SimpleNamespace, log_name: str,
+                       session: bool = False) -> tuple[subprocess.Popen, list[str], Any]:
     spec_path = _write_spec(store.dir, GRID_WORKERS)
     command = ["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", store.uri,
                "--workers", "2"]
     log = open(store.dir / log_name, "w")
     process = subprocess.Popen([sys.executable, "-m", "distill_lab.cli", *command], cwd=store.dir,
-                               env=_cli_env(), stdout=log, stderr=subprocess.STDOUT)
+                               env=_cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=session)
     return process, command, log
 
 
@@ -713,12 +714,16 @@ def _worker_children(pid: int) -> list[int]:
     return children
 
 
-def test_sigterm_to_the_coordinator_stops_every_worker_and_leaves_nothing_running(store):
-    process, command, log = _start_two_workers(store, "first.log")
+@pytest.mark.parametrize("how", ["SIGTERM to the coordinator", "Ctrl-C to the process group"])
+def test_an_interrupt_stops_every_worker_and_leaves_nothing_running(store, how):
+    process, command, log = _start_two_workers(store, "first.log", session=True)
     try:
         _wait_for_a_running_trial(process, store, time.monotonic() + 240)
         children = _worker_children(process.pid)
-        os.kill(process.pid, signal.SIGTERM)  # what docker stop, systemd and Kubernetes send
+        if how.startswith("SIGTERM"):
+            os.kill(process.pid, signal.SIGTERM)  # what docker stop, systemd and Kubernetes send
+        else:  # a terminal's Ctrl-C reaches the coordinator and both workers at once
+            os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=CLI_TIMEOUT)
     finally:
         if process.poll() is None:
