@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import pytest
@@ -693,6 +693,22 @@ def _wait_for_a_running_trial(process: subprocess.Popen, store: SimpleNamespace,
     raise AssertionError("no RUNNING trial seen in time")
 
 
+def _interrupt(store: SimpleNamespace, session: bool, send: Callable[[subprocess.Popen, Any], None]) -> tuple[
+        subprocess.Popen, list[str], Any, str]:
+    """Start `study run --workers 2`, `send` a signal once a trial runs, wait for the end: (process,
+    command, the trial that was running, everything it printed)."""
+    process, command, log = _start_two_workers(store, "first.log", session=session)
+    try:
+        victim = _wait_for_a_running_trial(process, store, time.monotonic() + 240)
+        send(process, victim)
+        process.wait(timeout=CLI_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    return process, command, victim, (store.dir / "first.log").read_text()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie is gone too
@@ -716,27 +732,24 @@ def _worker_children(pid: int) -> list[int]:
 
 @pytest.mark.parametrize("how", ["SIGTERM to the coordinator", "Ctrl-C to the process group"])
 def test_an_interrupt_stops_every_worker_and_leaves_nothing_running(store, how):
-    process, command, log = _start_two_workers(store, "first.log", session=True)
-    try:
-        _wait_for_a_running_trial(process, store, time.monotonic() + 240)
-        children = _worker_children(process.pid)
+    children: list[int] = []
+
+    def send(process: subprocess.Popen, running: Any) -> None:
+        children.extend(_worker_children(process.pid))
         if how.startswith("SIGTERM"):
             os.kill(process.pid, signal.SIGTERM)  # what docker stop, systemd and Kubernetes send
         else:  # a terminal's Ctrl-C reaches the coordinator and both workers at once
             os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=CLI_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
-    output = (store.dir / "first.log").read_text()
+
+    process, command, _, output = _interrupt(store, True, send)
     assert process.returncode == 130, output
     assert "running trials were marked FAIL and their runs ended KILLED" in output
     study = _load(store, "grid_workers")
     trials = study.get_trials(deepcopy=False)
-    assert TrialState.RUNNING not in {t.state for t in trials}
+    assert TrialState.RUNNING not in {t.state for t in trials}, output
     interrupted = [t for t in trials if t.state == TrialState.FAIL and "mlflow_run_id" in t.user_attrs]
-    assert interrupted and {t.user_attrs["fail_reason"] for t in interrupted} <= {"interrupted"}
+    reasons = [t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL]
+    assert interrupted and {t.user_attrs["fail_reason"] for t in interrupted} <= {"interrupted"}, (reasons, output)
     client = _client(store)
     assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in interrupted} == {"KILLED"}
     assert _runs(store, study, "attributes.status = 'RUNNING'") == []
@@ -755,18 +768,12 @@ def test_an_interrupt_stops_every_worker_and_leaves_nothing_running(store, how):
 
 
 def test_a_killed_worker_s_point_is_rerun_and_the_study_still_finishes_every_point(store):
-    process, _, log = _start_two_workers(store, "first.log")
-    try:
-        victim = _wait_for_a_running_trial(process, store, time.monotonic() + 240)
-        pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    def send(process: subprocess.Popen, running: Any) -> None:
+        pid = int(running.user_attrs["worker"].rpartition(":")[2])
         assert pid != process.pid
         os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=CLI_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
-    output = (store.dir / "first.log").read_text()
+
+    process, _, victim, output = _interrupt(store, False, send)
     assert process.returncode == 0, output
     assert "1 worker process(es) died" in output
     study = _load(store, "grid_workers")

@@ -313,6 +313,8 @@ def supervise(processes: list[multiprocessing.Process], study: optuna.Study, ctx
         for process in processes:
             process.join(timeout=STOP_SECONDS)
         reconcile(study, ctx, tracker)
+        # A worker interrupted inside the run's creation leaves a RUNNING run its trial never recorded.
+        end_orphan_runs(study, tracker, study.user_attrs["mlflow_experiment_id"])
     return died + sum(p.exitcode not in (0, None) for p in processes if p.pid not in seen)
 
 
