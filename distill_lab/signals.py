@@ -21,7 +21,10 @@ def interrupt_once() -> None:
             fired.append(signum)
             raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGINT, handler)
+    # A SIGINT its coordinator ignores (started under nohup, or in the background of a script) is
+    # ignored here too: a Ctrl-C must not stop the workers while their coordinator carries on.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 

@@ -672,8 +672,10 @@ def _start_two_workers(store: SimpleNamespace, log_name: str,
     command = ["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", store.uri,
                "--workers", "2"]
     log = open(store.dir / log_name, "w")
+    # As from a terminal: SIGINT at its default even where this test runs with it ignored (nohup, `&`).
     process = subprocess.Popen([sys.executable, "-m", "distill_lab.cli", *command], cwd=store.dir,
-                               env=_cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=session)
+                               env=_cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=session,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return process, command, log
 
 
@@ -899,3 +901,14 @@ def test_validate_checks_the_data_and_says_an_explicit_mapping_is_unused(store, 
     _write_spec(store.dir, raw=raw)
     with pytest.raises(DistillLabError, match="nowhere: data directory does not exist"):
         cli.app(["validate", str(spec_path)], standalone_mode=False)
+
+
+def test_workers_ignore_sigint_when_their_coordinator_does():
+    code = ("import signal; from distill_lab.signals import interrupt_once; interrupt_once(); "
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)")
+    ignored = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert ignored.stdout.split() == ["True", "False"], ignored.stderr  # SIGTERM is still taken
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert default.stdout.split() == ["False", "False"], default.stderr
