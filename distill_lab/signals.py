@@ -8,32 +8,45 @@ import threading
 from typing import Any, Iterator
 
 
-def interrupt_once() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt the first time only, then are ignored.
+# Every interrupt this process received. Python swallows an exception raised while it runs a
+# finaliser or a weakref callback ("Exception ignored in ..."): a KeyboardInterrupt that lands there
+# is lost, so the loops that must stop look here as well (`interrupted()`).
+_RECEIVED: list[int] = []
 
-    For worker processes: a Ctrl-C reaches them with the rest of the terminal's process group and
-    their coordinator's SIGTERM follows; one interrupt must not cut the clean-up of the first.
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupted() -> bool:
+    """Whether an interrupt arrived (even one whose KeyboardInterrupt was swallowed)."""
+    return bool(_RECEIVED)
+
+
+def reset_interrupts() -> None:
+    """Forget earlier interrupts: a new study run in this process (a notebook, a test) starts clean."""
+    _RECEIVED.clear()
+
+
+def worker_interrupts() -> None:
+    """A worker process: SIGINT and SIGTERM raise KeyboardInterrupt (and are recorded).
+
+    A SIGINT its coordinator ignores (started under nohup, or in the background of a script) stays
+    ignored: a Ctrl-C must not stop the workers while their coordinator carries on.
     """
-    fired: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if not fired:
-            fired.append(signum)
-            raise KeyboardInterrupt(f"signal {signum}")
-
-    # A SIGINT its coordinator ignores (started under nohup, or in the background of a script) is
-    # ignored here too: a Ctrl-C must not stop the workers while their coordinator carries on.
+    reset_interrupts()
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def sigterm_interrupts() -> None:
     """SIGTERM (docker stop, systemd, Kubernetes) raises KeyboardInterrupt like Ctrl-C: runs end KILLED, trials FAIL."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
+    reset_interrupts()
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _interrupt):
+        signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @contextlib.contextmanager
@@ -51,6 +64,7 @@ def deferred_interrupts() -> Iterator[list[int]]:
 
     def hold(signum: int, frame: Any) -> None:
         received.append(signum)
+        _RECEIVED.append(signum)
 
     for signum in previous:
         signal.signal(signum, hold)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,7 @@ from distill_lab import study as driver
 from distill_lab.study import objective, optuna_compat, workers
 from distill_lab.errors import DistillLabError, SpecError
 from distill_lab.spec import parse_spec, set_dotted
+from distill_lab.signals import reset_interrupts
 from distill_lab.study_runner import run_study
 from distill_lab.tracking import PARENT_TAG, Tracker
 
@@ -74,9 +76,12 @@ def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _restore_process_state():
     # Driver code sets torch's thread count and a SIGTERM handler for the whole process.
     threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    sigint = signal.getsignal(signal.SIGINT)
     yield
     torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, sigint)
+    reset_interrupts()  # an interrupt a test sent itself must not stop the next test's worker loop
 
 
 @pytest.fixture
@@ -904,7 +909,7 @@ def test_validate_checks_the_data_and_says_an_explicit_mapping_is_unused(store, 
 
 
 def test_workers_ignore_sigint_when_their_coordinator_does():
-    code = ("import signal; from distill_lab.signals import interrupt_once; interrupt_once(); "
+    code = ("import signal; from distill_lab.signals import worker_interrupts; worker_interrupts(); "
             "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)")
     ignored = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
@@ -912,3 +917,23 @@ def test_workers_ignore_sigint_when_their_coordinator_does():
     default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert default.stdout.split() == ["False", "False"], default.stderr
+
+
+def test_an_interrupt_python_swallows_is_still_seen():
+    # A KeyboardInterrupt raised inside a finaliser is printed and dropped by Python ("Exception
+    # ignored in"): it once let a worker carry on to the end of the study after its Ctrl-C.
+    code = textwrap.dedent("""
+        import os, signal, gc
+        from distill_lab.signals import interrupted, worker_interrupts
+        worker_interrupts()
+        class Finalised:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10**6):
+                    pass
+        Finalised(); gc.collect()
+        print("carried on", interrupted())
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Exception ignored in" in result.stderr and "KeyboardInterrupt" in result.stderr
+    assert result.stdout.strip() == "carried on True"

@@ -23,6 +23,7 @@ from distill_lab.data.loader import load_corpus
 from distill_lab.distill.engine import resolve_device
 from distill_lab.pipeline import RunResult, run_distillation
 from distill_lab.plan import RunPlan, load_plan
+from distill_lab.signals import interrupted
 from distill_lab.spec import RunConfig, StudySpec, resolve
 from distill_lab.study import optuna_compat
 from distill_lab.study.storage import StudyContext, owner_name
@@ -98,6 +99,8 @@ def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: d
         prefix = "" if seed_index == 0 else f"seed{seed}_"
 
         def on_eval(step: int, metrics: dict[str, float], seed_index: int = seed_index, prefix: str = prefix) -> bool:
+            if interrupted():  # an interrupt whose KeyboardInterrupt Python swallowed mid-training
+                raise KeyboardInterrupt("interrupted")
             logged = {f"{prefix}{k}": v for k, v in metrics.items() if k not in ("step", "epoch")}
             run.log_metrics(logged, step=step, synchronous=False)
             if seed_index == 0:  # pruning compares first-seed curves across trials

@@ -24,7 +24,7 @@ from distill_lab import search_space
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import mask_url
 from distill_lab.runtime import quiet_libraries
-from distill_lab.signals import deferred_interrupts, interrupt_once
+from distill_lab.signals import deferred_interrupts, interrupted, worker_interrupts
 from distill_lab.spec import StudySpec
 from distill_lab.study import optuna_compat
 from distill_lab.study.objective import Stage, run_trial
@@ -171,6 +171,8 @@ class Worker:
 
     def next_step(self, started: float) -> str:
         """`take` a new trial, `wait` for a running one that may still come back, or `stop`."""
+        if interrupted():  # an interrupt whose KeyboardInterrupt Python swallowed
+            raise KeyboardInterrupt("interrupted")
         counts = state_counts(self.study)
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running = counts[TrialState.RUNNING]
@@ -260,7 +262,7 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
 
 def _worker_process(ctx: StudyContext, threads: int, worker: int) -> None:
     torch.set_num_threads(threads)
-    interrupt_once()
+    worker_interrupts()
     logging.basicConfig(level=logging.WARNING)
     quiet_libraries()
     try:
@@ -299,6 +301,8 @@ def supervise(processes: list[multiprocessing.Process], study: optuna.Study, ctx
     died = 0
     try:
         while any(process.is_alive() for process in processes):  # is_alive() reaps an exited worker
+            if interrupted():  # an interrupt whose KeyboardInterrupt Python swallowed
+                raise KeyboardInterrupt("interrupted")
             refresh(study)
             exited = [p for p in processes if p.exitcode is not None and p.pid not in seen]
             if exited:
