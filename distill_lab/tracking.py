@@ -199,9 +199,13 @@ class Tracker:
         return self.client.search_runs([experiment_id], filter_string=f"attributes.status = '{state}'",
                                        max_results=1000)
 
-    def find_run(self, experiment_id: str, tags: dict[str, str]) -> str | None:
+    def find_runs(self, experiment_id: str, tags: dict[str, str], max_results: int = 1000) -> list[Any]:
+        """The active runs of the experiment carrying every one of `tags`."""
         query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
-        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=1)
+        return self.client.search_runs([experiment_id], filter_string=query, max_results=max_results)
+
+    def find_run(self, experiment_id: str, tags: dict[str, str]) -> str | None:
+        runs = self.find_runs(experiment_id, tags, max_results=1)
         return runs[0].info.run_id if runs else None
 
 

@@ -74,9 +74,7 @@ def ensure_tracking(ctx: StudyContext, study: optuna.Study, tracker: Tracker) ->
 
 def _earliest_parent(tracker: Tracker, experiment_id: str, tags: dict[str, str], mine: str) -> str:
     own_start = tracker.client.get_run(mine).info.start_time
-    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
-    runs = tracker.client.search_runs([experiment_id], filter_string=query, max_results=1000)
-    rivals = [(run.info.start_time, run.info.run_id) for run in runs
+    rivals = [(run.info.start_time, run.info.run_id) for run in tracker.find_runs(experiment_id, tags)
               if abs(run.info.start_time - own_start) <= PARENT_RACE_SECONDS * 1000]
     return min([*rivals, (own_start, mine)])[1]
 
