@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import urllib.error
@@ -20,6 +21,8 @@ from typing import Any, Iterator
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import check_tracking_credentials, mask_url, scrub
 from distill_lab.signals import deferred_interrupts
+
+log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
@@ -160,6 +163,19 @@ class Tracker:
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def _end_run_retrying(self, run_id: str, status: str, attempts: int = 3) -> None:
+        """End a run even when the store is busy for a moment (an SQLite store locked by the other
+        workers, all ending their runs at one Ctrl-C); a run it cannot end is said, not hidden."""
+        for attempt in range(attempts):
+            try:
+                self.end_run(run_id, status)
+                return
+            except Exception as err:  # noqa: BLE001 - any store error: try again, then report
+                if attempt == attempts - 1:
+                    log.warning("could not end MLflow run %s as %s: %r", run_id, status, err)
+                    return
+                time.sleep(0.5 * (attempt + 1))
+
     @contextlib.contextmanager
     def run(self, experiment_id: str, name: str, *, tags: dict[str, Any] | None = None,
             parent_run_id: str | None = None, run_id: str | None = None,
@@ -186,10 +202,9 @@ class Tracker:
             # A Ctrl-C / SIGTERM that lands while the run is being closed (waiting for queued metrics,
             # the terminate request) must not leave it RUNNING: close it first, then re-raise.
             with deferred_interrupts() as interrupted:
-                with contextlib.suppress(Exception):
-                    # Ending the run drains MLflow's async queue first; the flush then only surfaces
-                    # what is left (older MLflow versions end runs without draining).
-                    self.end_run(run_id, status)
+                # Ending the run drains MLflow's async queue first; the flush then only surfaces
+                # what is left (older MLflow versions end runs without draining).
+                self._end_run_retrying(run_id, status)
                 handle.flush()
                 if interrupted:  # the close itself was interrupted: the work it closed is abandoned
                     with contextlib.suppress(Exception):

@@ -362,6 +362,26 @@ def test_tracker_run_interrupted_while_closing_ends_killed_then_reraises(store):
     assert signal.getsignal(signal.SIGINT) is before  # handlers are restored
 
 
+def test_tracker_run_ends_its_run_when_the_store_is_busy_for_a_moment(store, monkeypatch):
+    tracker = Tracker(store.uri)
+    experiment_id = tracker.ensure_experiment("busy")
+    real, calls = tracker.end_run, []
+
+    def locked_once(run_id: str, status: str) -> None:
+        calls.append(status)
+        if len(calls) == 1:  # what an SQLite store says while other workers hold its lock
+            raise RuntimeError("database is locked")
+        real(run_id, status)
+
+    monkeypatch.setattr(tracker, "end_run", locked_once)
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run(experiment_id, "busy") as handle:
+            run_id = handle.run_id
+            raise KeyboardInterrupt("SIGTERM")
+    assert calls == ["KILLED", "KILLED"]
+    assert tracker.client.get_run(run_id).info.status == "KILLED"
+
+
 def test_work_interrupt_after_the_run_finished_keeps_the_trial_complete(store, monkeypatch):
     ctx = _ctx(_spec({"study.n_trials": 2}), store)
     study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
@@ -392,8 +412,11 @@ def test_end_orphan_runs_ends_only_runs_whose_trial_failed(store):
     study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
     tracker = Tracker(ctx.tracking_uri)
     experiment_id, parent = driver.ensure_tracking(ctx, study, tracker)
-    dead, live, done = study.ask(), study.ask(), study.ask()
+    dead, live, done, stopped = study.ask(), study.ask(), study.ask(), study.ask()
     study.tell(dead, state=TrialState.FAIL)
+    # `stopped`: its worker was interrupted, failed the trial, and could not end the run.
+    stopped.set_user_attr("fail_reason", "interrupted")
+    study.tell(stopped, state=TrialState.FAIL)
     # `done`: its owner's run was read RUNNING by the sweep, then ended and its trial told COMPLETE
     # before the sweep looked at the trials -- a race that once ended a finished run FAILED.
     study.tell(done, 0.5)
@@ -403,8 +426,11 @@ def test_end_orphan_runs_ends_only_runs_whose_trial_failed(store):
             "role": "trial", "study": "unit_study", "optuna_trial_id": optuna_compat.trial_id(trial)})
 
     orphan, fresh, closing = trial_run(dead), trial_run(live), trial_run(done)  # none recorded its run id yet
-    assert driver.end_orphan_runs(study, tracker, experiment_id) == 1
+    interrupted = trial_run(stopped)
+    assert driver.end_orphan_runs(study, tracker, experiment_id) == 2
     assert tracker.client.get_run(orphan).info.status == "FAILED"
+    assert tracker.client.get_run(interrupted).info.status == "KILLED"  # stopped, not broken
+    assert tracker.client.get_run(interrupted).data.tags["error"] == "interrupted before the run ended"
     assert tracker.client.get_run(fresh).info.status == "RUNNING"
     assert tracker.client.get_run(closing).info.status == "RUNNING"  # left to its owner
     assert tracker.client.get_run(parent).info.status == "RUNNING"  # only trial runs are swept

@@ -95,11 +95,11 @@ def reconcile(study: optuna.Study, ctx: StudyContext, tracker: Tracker | None) -
     return fixed
 
 
-def _end_run_failed(tracker: Tracker, run_id: str, reason: str) -> None:
+def _end_run_failed(tracker: Tracker, run_id: str, reason: str, status: str = "FAILED") -> None:
     try:
         tracker.client.set_tag(run_id, "error", reason)
         tracker.client.set_tag(run_id, "optuna_state", "FAIL")
-        tracker.end_run(run_id, "FAILED")
+        tracker.end_run(run_id, status)
     except Exception:  # noqa: BLE001 - the run may be on an unreachable server
         log.warning("could not end MLflow run %s", run_id)
 
@@ -117,7 +117,8 @@ def enqueue_missing_grid_points(study: optuna.Study, spec: StudySpec) -> int:
 
 
 def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> int:
-    """End FAILED the MLflow trial runs still RUNNING whose Optuna trial has failed.
+    """End the MLflow trial runs still RUNNING whose Optuna trial has failed: FAILED, or KILLED
+    where the trial failed because its worker was interrupted.
 
     That happens when a worker is killed -9 or its heartbeat went stale. Matching goes through the
     run's `optuna_trial_id` tag, which is set when the run is created (no race with the trial attr).
@@ -129,12 +130,20 @@ def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -
                   if run.data.tags.get("study") == study.study_name and run.data.tags.get("role") == "trial"]
     if not candidates:
         return 0
-    states = {optuna_compat.trial_id(t): t.state for t in study.get_trials(deepcopy=False)}
+    trials = {optuna_compat.trial_id(t): t for t in study.get_trials(deepcopy=False)}
     ended = 0
     for run in candidates:
-        if states.get(int(run.data.tags.get("optuna_trial_id", -1)), TrialState.FAIL) != TrialState.FAIL:
+        trial = trials.get(int(run.data.tags.get("optuna_trial_id", -1)))
+        if trial is not None and trial.state != TrialState.FAIL:
             continue
-        _end_run_failed(tracker, run.info.run_id, "worker died before the run ended")
+        if tracker.client.get_run(run.info.run_id).info.status != "RUNNING":
+            continue  # its owner ended it after the first read (an interrupted worker ends it, then fails the trial)
+        if trial is not None and trial.user_attrs.get("fail_reason") == "interrupted":
+            # Its worker was interrupted and failed the trial, but could not end the run (the
+            # store did not answer in time): the run was stopped, not broken.
+            _end_run_failed(tracker, run.info.run_id, "interrupted before the run ended", status="KILLED")
+        else:
+            _end_run_failed(tracker, run.info.run_id, "worker died before the run ended")
         ended += 1
     return ended
 
