@@ -315,6 +315,8 @@ app.add_typer(records_app, name="records")
 @records_app.command("export")
 def records_export(experiment: list[str] = typer.Argument(..., help="MLflow experiment (study) names."),
                    out_dir: Path = typer.Option(Path("results/records"), "--out", help="Output directory."),
+                   merge: bool = typer.Option(False, "--merge", help="Keep the runs the existing file holds that this "
+                                              "store lacks (the same study continued on another machine)."),
                    tracking_uri: Optional[str] = TrackingOption) -> None:
     """Export every run of the named experiments (ids, params, tags, metrics, dev curves) as JSON."""
     from distill_lab.records import export_experiment
@@ -322,7 +324,7 @@ def records_export(experiment: list[str] = typer.Argument(..., help="MLflow expe
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in experiment:
-        out.print(f"{name}: {export_experiment(name, default_tracking_uri(tracking_uri), out_dir)}")
+        out.print(f"{name}: {export_experiment(name, default_tracking_uri(tracking_uri), out_dir, merge=merge)}")
 
 
 dashboard_app = typer.Typer(help="Study dashboards: a static HTML page, or optuna-dashboard.", no_args_is_help=True)

@@ -62,23 +62,49 @@ def run_record(client: MlflowClient, run: Any) -> dict[str, Any]:
     }
 
 
-def export_experiment(name: str, tracking_uri: str, out_dir: Path) -> Path:
-    """Write `<out_dir>/<name>.json` with every run of experiment `name`; returns the path."""
+def export_experiment(name: str, tracking_uri: str, out_dir: Path, *, merge: bool = False) -> Path:
+    """Write `<out_dir>/<name>.json` with every run of experiment `name`; returns the path.
+
+    `merge`: keep the runs the file already holds that this store lacks (runs of the same study
+    made on another machine, e.g. more seeds of a reference recipe); see `merge_records`.
+    """
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments())
         raise RecordsError(f"no MLflow experiment {name!r} in {tracking_uri} (known: {', '.join(known) or 'none'})")
     runs = client.search_runs([experiment.experiment_id], max_results=50_000)
-    records = sorted((run_record(client, run) for run in runs),
-                     key=lambda r: (r["parent_run_id"] or "", r["tags"].get("trial_number", ""), r["run_id"]))
+    records = [run_record(client, run) for run in runs]
+    path = out_dir / f"{name}.json"
+    if merge and path.exists():
+        records = merge_records(load(path)["runs"], records)
+    records.sort(key=lambda r: (r["parent_run_id"] or "", r["tags"].get("trial_number", ""), r["run_id"]))
     payload = {"format": FORMAT, "experiment": name, "runs": records}
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(path)  # a crash never leaves a half-written record behind
     return path
+
+
+def merge_records(kept: list[dict[str, Any]], exported: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The union of two record lists by run id (the store's version of a run wins).
+
+    A teacher is fine-tuned once per fingerprint and the fine-tune is deterministic, so a second
+    teacher run of the same fingerprint (the other machine fine-tuned or reused the same model)
+    would count one model twice: the earliest teacher run of each fingerprint is kept.
+    """
+    runs = {record["run_id"]: record for record in kept}
+    runs.update({record["run_id"]: record for record in exported})
+    teachers: dict[str, dict[str, Any]] = {}
+    for record in sorted(runs.values(), key=lambda r: (r["start_time"] or 0, r["run_id"])):
+        fingerprint = record["tags"].get("teacher_fingerprint")
+        if record["tags"].get("role") == "teacher" and fingerprint:
+            if fingerprint in teachers:
+                del runs[record["run_id"]]
+            else:
+                teachers[fingerprint] = record
+    return list(runs.values())
 
 
 def load(path: Path) -> dict[str, Any]:

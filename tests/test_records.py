@@ -65,3 +65,39 @@ def test_cli_records_export(store, tmp_path):
                                       "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert child_id in (tmp_path / "r" / "headline.json").read_text()
+
+
+def _reference_store(path, seeds, teacher_start):
+    """A store of one machine: a teacher run and one reference run per seed (as the bench logs them)."""
+    uri = f"sqlite:///{path}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("textbrewer_recipe")
+    teacher = client.create_run(experiment, run_name="teacher", start_time=teacher_start,
+                                tags={"role": "teacher", "teacher_fingerprint": "899427c1"})
+    client.log_metric(teacher.info.run_id, "dev_f1", 0.9086)
+    ids = {}
+    for seed in seeds:
+        run = client.create_run(experiment, run_name=f"textbrewer seed {seed}", start_time=teacher_start + seed,
+                                tags={"role": "reference", "seeds": str(seed)})
+        client.log_metric(run.info.run_id, f"dev_f1_seed{seed}", 0.89 + seed / 1000)
+        ids[seed] = run.info.run_id
+    return uri, teacher.info.run_id, ids
+
+
+def test_export_merge_keeps_runs_made_on_another_machine_and_one_teacher_per_fingerprint(tmp_path):
+    first_uri, first_teacher, first = _reference_store(tmp_path / "a.db", [1], teacher_start=1_000)
+    out = tmp_path / "records"
+    export_experiment("textbrewer_recipe", first_uri, out)
+    second_uri, _, second = _reference_store(tmp_path / "b.db", [2, 3], teacher_start=2_000)
+
+    path = export_experiment("textbrewer_recipe", second_uri, out, merge=True)
+    runs = {r["run_id"]: r for r in load(path)["runs"]}
+    # Seed 1 from the first machine, seeds 2 and 3 from the second; the second machine's teacher
+    # (same fingerprint, the same deterministic fine-tune) is dropped for the earlier one.
+    assert set(runs) == {first_teacher, first[1], second[2], second[3]}
+    assert sorted(r["tags"]["seeds"] for r in runs.values() if r["tags"]["role"] == "reference") == ["1", "2", "3"]
+    merged = path.read_bytes()
+    assert export_experiment("textbrewer_recipe", second_uri, out, merge=True).read_bytes() == merged  # idempotent
+    # Without --merge the file is the store alone.
+    runs = {r["run_id"] for r in load(export_experiment("textbrewer_recipe", second_uri, out))["runs"]}
+    assert len(runs) == 3 and set(second.values()) <= runs and first[1] not in runs and first_teacher not in runs
