@@ -406,43 +406,48 @@ def _recipe_run(args: argparse.Namespace, seed: int, twin: bool) -> dict:
 def _track(tracker, experiment_id: str, args: argparse.Namespace, seed: int, twin: bool, result: dict) -> str:
     """One MLflow run per seed, role `reference`: the report shows it beside the study's trials."""
     from distill_lab import models, naming
+    from distill_lab.record_schema import REFERENCE, ROLE, STUDY_TAG, TrialRecord
 
     teacher = result["teacher"]
     layers = models.num_layers(result["student"])
     setting = ("TextBrewer twin: CE only" if twin
                else "TextBrewer recipe: T=8 soft CE, all sub-tokens")
-    tags = {"role": "reference", "study": args.experiment, "setting": setting,
-            "init": naming.init_name(result["config"]),
-            "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
-            "student": naming.student_name(layers, result["init"].strategy),
-            "student_model": naming.student_model_name(result["config"], teacher.ref.display_name, layers),
-            "teacher_fingerprint": teacher.fingerprint, "seeds": str(seed),
-            "reference_of": "TextBrewer examples/conll2003_example (run_conll2003_distill_T3.sh)"}
+    tags, metrics = TrialRecord(
+        teacher=naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
+        student=naming.student_name(layers, result["init"].strategy),
+        student_model=naming.student_model_name(result["config"], teacher.ref.display_name, layers),
+        teacher_fingerprint=teacher.fingerprint, dev_f1={seed: result["dev"]}, test_f1={seed: result["test"]},
+        summary={"best_dev_f1": result["dev"], "test_f1": result["test"], "dev_f1": result["dev"],
+                 "teacher_dev_f1": teacher.dev_f1, "teacher_test_f1": teacher.test_f1,
+                 "student_params": result["student_params"], "teacher_params": result["teacher_params"],
+                 "compression": result["teacher_params"] / result["student_params"],
+                 "wall_seconds": result["seconds"], "steps": result["steps"]},
+        extra_tags={"setting": setting, "init": naming.init_name(result["config"]),
+                    "reference_of": "TextBrewer examples/conll2003_example (run_conll2003_distill_T3.sh)"},
+    ).to_mlflow()
+    tags.update({ROLE: REFERENCE, STUDY_TAG: args.experiment})
     with tracker.run(experiment_id, f"{'twin' if twin else 'textbrewer'} seed {seed}", tags=tags) as run:
         run.log_params({"distill.temperature": 1.0 if twin else 8.0, "distill.alpha_hard": 1.0 if twin else 0.0,
                         "distill.alpha_soft": 0.0 if twin else 1.0, "distill.soft_positions": "all_subtokens",
                         "training.learning_rate": args.lr, "training.epochs": args.epochs,
                         "training.batch_size": 32, "training.weight_decay": 0.0, "training.lr_schedule": "linear",
                         "training.max_grad_norm": "none", "training.seed": seed, "spec": str(args.spec)})
-        run.log_metrics({f"dev_f1_seed{seed}": result["dev"], f"test_f1_seed{seed}": result["test"],
-                         "best_dev_f1": result["dev"], "test_f1": result["test"], "dev_f1": result["dev"],
-                         "teacher_dev_f1": teacher.dev_f1, "teacher_test_f1": teacher.test_f1,
-                         "student_params": result["student_params"], "teacher_params": result["teacher_params"],
-                         "compression": result["teacher_params"] / result["student_params"],
-                         "wall_seconds": result["seconds"], "steps": result["steps"]}, step=result["steps"])
+        run.log_metrics(metrics, step=result["steps"])
         return run.run_id
 
 
 def _track_teacher(tracker, experiment_id: str, args: argparse.Namespace, teacher) -> None:
     from distill_lab import models, naming
+    from distill_lab.record_schema import ROLE, TEACHER, TEACHER_FINGERPRINT, TeacherRecord
 
-    if tracker.find_run(experiment_id, {"role": "teacher", "teacher_fingerprint": teacher.fingerprint}) is not None:
+    if tracker.find_run(experiment_id, {ROLE: TEACHER, TEACHER_FINGERPRINT: teacher.fingerprint}) is not None:
         return
-    tags = {"role": "teacher", "study": args.experiment, "teacher_fingerprint": teacher.fingerprint,
-            "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model))}
+    tags, metrics = TeacherRecord(
+        study=args.experiment, fingerprint=teacher.fingerprint,
+        teacher=naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
+        dev_f1=teacher.dev_f1, test_f1=teacher.test_f1, params=models.count_parameters(teacher.model)).to_mlflow()
     with tracker.run(experiment_id, f"teacher {teacher.ref.display_name}", tags=tags) as run:
-        run.log_metrics({"dev_f1": teacher.dev_f1, "test_f1": teacher.test_f1,
-                         "teacher_params": models.count_parameters(teacher.model)})
+        run.log_metrics(metrics)
 
 
 def bench_recipe(args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from distill_lab import report as reporting
 from distill_lab.analysis import temperature_figure
 from distill_lab.errors import DistillLabError
+from distill_lab.record_schema import finished_trials, tag
 from distill_lab.report_analysis import temperature_sections, uses_teacher
 from distill_lab.records import load_runs
 from distill_lab.study.storage import open_storage
@@ -33,13 +34,10 @@ FALLBACK_TEMPLATE = ("<!DOCTYPE html><title>{{ title }}</title><h1>{{ title }}</
 
 
 def _trial_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    trials = runs[(runs["tags.role"] == "trial") & (runs["status"] == "FINISHED")]
-    if "tags.optuna_state" in trials:  # pruned trials end FINISHED too; the report leaves them out
-        trials = trials[trials["tags.optuna_state"] == "COMPLETE"]
-    trials = trials.copy()
+    trials = finished_trials(runs).copy()  # pruned trials end FINISHED too; the report leaves them out
     if trials.empty:
         return trials
-    trials["trial_number"] = pd.to_numeric(trials["tags.trial_number"], errors="coerce")
+    trials["trial_number"] = pd.to_numeric(trials[tag("trial_number")], errors="coerce")
     trials["best_dev_f1"] = pd.to_numeric(trials.get("metrics.best_dev_f1"), errors="coerce")
     return trials.sort_values("trial_number")
 
@@ -80,7 +78,7 @@ def parallel_plot(trials: pd.DataFrame) -> Any | None:
     for key in keys:
         raw = [params.get(key) for params in sampled]
         if any(isinstance(value, dict) for value in raw):
-            names = trials["tags.mapping"] if key == "distill.layer_mapping" and "tags.mapping" in trials else None
+            names = trials[tag("mapping")] if key == "distill.layer_mapping" and tag("mapping") in trials else None
             raw = list(names) if names is not None else [json.dumps(v, sort_keys=True) for v in raw]
         values = pd.to_numeric(pd.Series(raw, index=trials.index), errors="coerce")
         if values.notna().all():

@@ -25,6 +25,7 @@ import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from distill_lab.errors import DistillLabError
+from distill_lab.record_schema import ROLE, ROLES, TEACHER, TEACHER_FINGERPRINT, tag
 from distill_lab.tracking import PARENT_TAG
 
 FORMAT = 1
@@ -98,8 +99,8 @@ def merge_records(kept: list[dict[str, Any]], exported: list[dict[str, Any]]) ->
     runs.update({record["run_id"]: record for record in exported})
     teachers: dict[str, dict[str, Any]] = {}
     for record in sorted(runs.values(), key=lambda r: (r["start_time"] or 0, r["run_id"])):
-        fingerprint = record["tags"].get("teacher_fingerprint")
-        if record["tags"].get("role") == "teacher" and fingerprint:
+        fingerprint = record["tags"].get(TEACHER_FINGERPRINT)
+        if record["tags"].get(ROLE) == TEACHER and fingerprint:
             if fingerprint in teachers:
                 del runs[record["run_id"]]
             else:
@@ -174,7 +175,6 @@ class UnknownStudyError(ReportError):
 
 # reference: runs of a peer's recipe logged beside the studies (bench/textbrewer_bench.py recipe),
 # one run per seed, shown and compared like a study's trials.
-ROLES = ("trial", "teacher", "study", "reference")
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -201,8 +201,8 @@ def load_records(path: Path, studies: Sequence[str] | None = None) -> pd.DataFra
         runs = runs_frame(export_paths(path))
     except RecordsError as err:
         raise ReportError(str(err)) from None
-    if not runs.empty and "tags.role" in runs:
-        runs = runs[runs["tags.role"].isin(ROLES)]
+    if not runs.empty and tag(ROLE) in runs:
+        runs = runs[runs[tag(ROLE)].isin(ROLES)]
     return _select(runs, studies, f"run records {path}")
 
 
@@ -244,7 +244,7 @@ def search_runs_api(tracking_uri: str) -> pd.DataFrame:
     try:
         mlflow.set_tracking_uri(tracking_uri)
         for role in ROLES:
-            frame = mlflow.search_runs(experiment_ids=experiments, filter_string=f"tags.role = '{role}'",
+            frame = mlflow.search_runs(experiment_ids=experiments, filter_string=f"tags.{ROLE} = '{role}'",
                                        output_format="pandas", max_results=200_000)
             if not frame.empty:
                 frames.append(frame)
@@ -269,7 +269,7 @@ def read_database(tracking_uri: str) -> pd.DataFrame | None:
     roles = ", ".join(f"'{role}'" for role in ROLES)
     selected = (
         "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-        f"JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'role' AND t.value IN ({roles}) "
+        f"JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = '{ROLE}' AND t.value IN ({roles}) "
         "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'")
     try:
         engine = sqlalchemy.create_engine(tracking_uri)

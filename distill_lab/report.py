@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from distill_lab.record_schema import TeacherRecord, TrialRecord
 from distill_lab.records import ReportError, UnknownStudyError
 
 BEGIN = "<!-- distill-lab:report:begin -->"
@@ -38,40 +39,7 @@ RUN_ID_CHARS = 8  # a prefix that finds the run in the MLflow UI's search and in
 
 def seed_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (finished trial run, seed) with its best dev F1 and test F1."""
-    trials = runs[runs["tags.role"].isin(("trial", "reference")) & (runs["status"] == "FINISHED")]
-    if "tags.optuna_state" in trials:
-        trials = trials[(trials["tags.optuna_state"] == "COMPLETE") | (trials["tags.role"] == "reference")]
-    if trials.empty:
-        return pd.DataFrame(columns=["run_id", "seed", "dev_f1", "test_f1"])
-    dev_columns = [c for c in trials.columns if re.fullmatch(r"metrics\.dev_f1_seed-?\d+", c)]
-    long = trials.melt(id_vars=["run_id"], value_vars=dev_columns, var_name="column", value_name="dev_f1")
-    long = long.dropna(subset=["dev_f1"])
-    long["seed"] = long["column"].str.extract(r"seed(-?\d+)$", expand=False).astype(int)
-    test = trials.melt(id_vars=["run_id"], value_vars=[c.replace("dev_f1", "test_f1") for c in dev_columns
-                                                       if c.replace("dev_f1", "test_f1") in trials],
-                       var_name="column", value_name="test_f1")
-    test["seed"] = test["column"].str.extract(r"seed(-?\d+)$", expand=False).astype(int)
-    long = long.merge(test[["run_id", "seed", "test_f1"]], on=["run_id", "seed"], how="left")
-    columns = {
-        "tags.study": "study", "tags.teacher": "teacher", "tags.student_model": "student_model",
-        "tags.setting": "setting", "tags.init": "init", "tags.mapping": "mapping", "tags.diagnosis": "diagnosis",
-        "metrics.teacher_dev_f1": "teacher_dev_f1", "metrics.student_params": "student_params",
-        "metrics.compression": "compression", "params.distill.temperature": "temperature",
-        "params.distill.alpha_soft": "alpha_soft", "params.distill.alpha_hidden": "alpha_hidden",
-        "params.distill.alpha_attention": "alpha_attention",
-    }
-    meta = trials[["run_id", *[c for c in columns if c in trials]]].rename(columns=columns)
-    for name in columns.values():  # runs of older versions may lack a tag: keep the column
-        if name not in meta:
-            meta[name] = float("nan") if name in ("teacher_dev_f1", "student_params", "compression") else None
-    for name in ("alpha_soft", "alpha_hidden", "alpha_attention"):
-        meta[name] = pd.to_numeric(meta[name], errors="coerce")
-    if "tags.student" in trials:
-        meta["student_model"] = meta["student_model"].fillna(trials["tags.student"].str.split(",").str[0])
-    rows = long.drop(columns="column").merge(meta, on="run_id", how="left")
-    if "temperature" in rows:
-        rows["temperature"] = pd.to_numeric(rows["temperature"], errors="coerce")
-    return rows
+    return TrialRecord.from_runs(runs)
 
 
 def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -95,14 +63,14 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
         table.loc[table["teacher_dev_f1"] <= 0, "diagnosis"] = "teacher at 0 F1: nothing to distil"
         table["reference"] = False
         tables.append(table)
-    teachers = runs[(runs["tags.role"] == "teacher") & (runs["status"] == "FINISHED")]
+    teachers = TeacherRecord.from_runs(runs)
     if not teachers.empty:
         reference = pd.DataFrame({
-            "study": teachers["tags.study"], "pair": "T: " + teachers["tags.teacher"] + " (teacher, reference)",
+            "study": teachers["study"], "pair": "T: " + teachers["teacher"] + " (teacher, reference)",
             "setting": "fine-tuned on gold labels", "init": "pretrained weights",
-            "dev_f1_mean": teachers["metrics.dev_f1"], "dev_f1_std": float("nan"), "n": 1,
-            "test_f1_mean": teachers["metrics.test_f1"], "test_f1_std": float("nan"),
-            "teacher_dev_f1": teachers["metrics.dev_f1"], "student_params": teachers["metrics.teacher_params"],
+            "dev_f1_mean": teachers["dev_f1"], "dev_f1_std": float("nan"), "n": 1,
+            "test_f1_mean": teachers["test_f1"], "test_f1_std": float("nan"),
+            "teacher_dev_f1": teachers["dev_f1"], "student_params": teachers["params"],
             "compression": 1.0, "diagnosis": "", "retention": 1.0, "reference": True,
             "runs": teachers["run_id"].str[:RUN_ID_CHARS],
         })

@@ -6,7 +6,6 @@ Reads the frame `records.load_runs` / `records.load_records` gives; writes nothi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +14,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from distill_lab.analysis import compare_groups, fit_temperature, temperature_figure
+from distill_lab.record_schema import ROLE, STUDY, STUDY_TAG, StudyRecord, tag
 from distill_lab.report import experiment_table, render, seed_rows, update_regions
 from distill_lab.records import UnknownStudyError, load_records, load_runs
 
@@ -146,16 +146,13 @@ def uses_teacher(rows: pd.DataFrame) -> pd.Series:
 
 
 def _parent_run(runs: pd.DataFrame, study: str) -> str | None:
-    parents = runs[(runs["tags.role"] == "study") & (runs["tags.study"] == study)]
+    parents = runs[(runs[tag(ROLE)] == STUDY) & (runs[tag(STUDY_TAG)] == study)]
     return None if parents.empty else str(parents["run_id"].iloc[0])
 
 
 def _searched(runs: pd.DataFrame, study: str) -> set[str]:
-    parents = runs[(runs["tags.role"] == "study") & (runs["tags.study"] == study)]
-    if parents.empty or "params.study.search_space" not in parents:
-        return set()
     try:
-        return set(json.loads(parents["params.study.search_space"].iloc[0] or "{}"))
+        return set(StudyRecord.search_space(runs, study) or {})
     except (TypeError, ValueError):
         return set()
 

@@ -28,12 +28,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from distill_lab.naming import INIT_NAMES
+from distill_lab.record_schema import OPTUNA_STATE, StudyRecord, TeacherRecord, TrialRecord, TrialStart, seed_metric
+from distill_lab.tracking import PARENT_TAG
+
 TEACHER = "MiniLM-L6 (6 layers)"
 STUDENT_MODEL = "MiniLM (3 layers)"
 TEACHER_PARAMS = 22_713_225
 STUDENT_PARAMS = 17_390_985
-INIT_NAMES = {"teacher": "fine-tuned teacher weights", "pretrained": "pretrained weights", "random": "random"}
-PARENT_TAG = "mlflow.parentRunId"
+
+
+def _strings(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {key: str(value) for key, value in tags.items()}  # as Tracker.create_run sends them
 
 
 def concave_score(t_star: float = 5.0, peak: float = 0.85, curvature: float = 0.02) -> Callable[[float], float]:
@@ -103,8 +109,13 @@ def _history(best: float, steps: int, drop: float, rng: np.random.Generator) -> 
     return points
 
 
-def _log_batch(client: Any, run_id: str, metrics: list[Any], params: list[Any]) -> None:
+def _log_batch(client: Any, run_id: str, metrics: list[Any], params: list[Any],
+               tags: Mapping[str, str] | None = None) -> None:
     """As few log_batch calls as MLflow's limits allow (100 params, 1000 entities per call)."""
+    from mlflow.entities import RunTag
+
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
     while metrics or params:
         batch_params, params = params[:100], params[100:]
         room = 1000 - len(batch_params)
@@ -219,23 +230,23 @@ def log_fake_study(
     root = artifact_root(tracking_uri)
     experiment_id = client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
     now = int(time.time() * 1000)
-    parent = client.create_run(experiment_id, run_name=f"study {name}", tags={
-        "role": "study", "study": name, "optuna_storage": "sqlite:///optuna.db", "mlflow.note.content": ""})
+    parent = client.create_run(experiment_id, run_name=f"study {name}", tags=_strings(
+        StudyRecord(study=name, optuna_storage="sqlite:///optuna.db").to_mlflow()))
     parent_id = parent.info.run_id
-    client.log_batch(parent_id, params=[
-        Param("study.n_trials", "9"), Param("study.direction", "maximize"), Param("study.metric", "dev_f1"),
-        Param("study.sampler", "grid"), Param("study.pruner", "none"), Param("study.seeds", json.dumps(list(seeds))),
-        Param("study.sampler_seed", "0"), Param("study.search_space", json.dumps(search_space))])
+    study_params = StudyRecord.params({"n_trials": 9, "direction": "maximize", "metric": "dev_f1", "sampler": "grid",
+                                       "pruner": "none", "seeds": list(seeds), "sampler_seed": 0,
+                                       "search_space": search_space})
+    client.log_batch(parent_id, params=[Param(k, _param(v)) for k, v in study_params.items()])
 
-    teacher = client.create_run(experiment_id, run_name="teacher minilm-l6", tags={
-        "role": "teacher", "study": name, "teacher_fingerprint": f"fp-{name}", "teacher": TEACHER,
-        "reused_from_cache": "False", PARENT_TAG: parent_id})
+    teacher_tags, teacher_metrics = TeacherRecord(
+        study=name, fingerprint=f"fp-{name}", teacher=TEACHER, dev_f1=teacher_dev_f1, test_f1=teacher_test_f1,
+        params=TEACHER_PARAMS, fine_tune_seconds=41.5).to_mlflow()
+    teacher = client.create_run(experiment_id, run_name="teacher minilm-l6",
+                                tags={**_strings(teacher_tags), PARENT_TAG: parent_id})
     teacher_id = teacher.info.run_id
-    client.log_batch(teacher_id, metrics=[
-        Metric("dev_f1", teacher_dev_f1, now, 0), Metric("test_f1", teacher_test_f1, now, 0),
-        Metric("teacher_params", float(TEACHER_PARAMS), now, 0), Metric("fine_tune_seconds", 41.5, now, 0)],
-        params=[Param("teacher.model", "minilm-l6"), Param("teacher.finetune.epochs", "3.0"),
-                Param("data.max_length", "128")])
+    client.log_batch(teacher_id, metrics=[Metric(k, float(v), now, 0) for k, v in teacher_metrics.items()],
+                     params=[Param("teacher.model", "minilm-l6"), Param("teacher.finetune.epochs", "3.0"),
+                             Param("data.max_length", "128")])
     client.set_terminated(teacher_id, "FINISHED")
 
     rows, run_ids = [], []
@@ -249,13 +260,9 @@ def log_fake_study(
                 base = arm_score + (mapping_effect or {}).get(mapping, 0.0) + (init_effect or {}).get(init, 0.0)
                 setting = _setting(temperature, hidden, mapping, alpha_hard, alpha_soft)
                 init_name = INIT_NAMES.get(init, init)
-                tags = {
-                    "role": "trial", "study": name, "trial_number": str(number), "optuna_trial_id": str(number + 1),
-                    "optuna_state": "COMPLETE", "setting": setting, "init": init_name, "mapping": mapping,
-                    "teacher": TEACHER, "student": f"3 layers, init={init}", "student_model": STUDENT_MODEL,
-                    "diagnosis": "ok", "diagnosis_advice": "", "teacher_fingerprint": f"fp-{name}",
-                    "seeds": ",".join(str(s) for s in seeds), PARENT_TAG: parent_id,
-                }
+                start = TrialStart(study=name, trial_number=number, optuna_trial_id=number + 1, setting=setting,
+                                   init=init_name, mapping=mapping).to_mlflow()
+                tags = {**_strings(start), OPTUNA_STATE: "COMPLETE", PARENT_TAG: parent_id}
                 run = client.create_run(experiment_id, run_name=f"t{number:03d} T={temperature:.3g}", tags=tags)
                 run_id = run.info.run_id
                 sampled = {}
@@ -296,13 +303,14 @@ def log_fake_study(
                     "wall_seconds": 95.0, "n_seeds": float(len(seeds)),
                     "dev_f1_PER": mean + 0.02, "dev_f1_LOC": mean + 0.01, "dev_f1_ORG": mean - 0.03,
                 }
-                for seed, d, t in zip(seeds, dev, test):
-                    final[f"dev_f1_seed{seed}"] = d
-                    final[f"test_f1_seed{seed}"] = t
+                record_tags, final = TrialRecord(
+                    teacher=TEACHER, student=f"3 layers, init={init}", student_model=STUDENT_MODEL,
+                    teacher_fingerprint=f"fp-{name}", dev_f1=dict(zip(seeds, dev)), test_f1=dict(zip(seeds, test)),
+                    summary=final, extra_tags={"diagnosis": "ok", "diagnosis_advice": ""}).to_mlflow()
                 metrics.extend(Metric(k, float(v), now + last, last) for k, v in final.items())
                 if ui_dev_f1:
                     metrics.append(Metric("dev_f1", mean, now + last + 1, last + 1))
-                _log_batch(client, run_id, metrics, param_items)
+                _log_batch(client, run_id, metrics, param_items, _strings(record_tags))
                 client.set_terminated(run_id, "FINISHED")
                 run_ids.append(run_id)
                 number += 1
@@ -320,11 +328,12 @@ def log_unfinished_trial(tracking_uri: str, study: FakeStudy, *, state: str = "F
 
     client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
+    start = TrialStart(study=study.name, trial_number=999, optuna_trial_id=1000, setting="T=99 broken",
+                       init=INIT_NAMES["teacher"], mapping="uniform").to_mlflow()
     run = client.create_run(study.experiment_id, run_name="t999 broken", tags={
-        "role": "trial", "study": study.name, "trial_number": "999", "optuna_state": state, "setting": "T=99 broken",
-        "init": "fine-tuned teacher weights", "mapping": "uniform", "teacher": TEACHER, "student_model": STUDENT_MODEL,
+        **_strings(start), OPTUNA_STATE: state, "teacher": TEACHER, "student_model": STUDENT_MODEL,
         PARENT_TAG: study.parent_run_id})
-    client.log_batch(run.info.run_id, metrics=[Metric("dev_f1_seed1", dev_f1, now, 0),
+    client.log_batch(run.info.run_id, metrics=[Metric(seed_metric("dev_f1", 1), dev_f1, now, 0),
                                                Metric("best_dev_f1", dev_f1, now, 0)])
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status)

@@ -23,6 +23,7 @@ from distill_lab.data.loader import load_corpus
 from distill_lab.distill.engine import resolve_device
 from distill_lab.pipeline import RunResult, run_distillation
 from distill_lab.plan import RunPlan, load_plan
+from distill_lab.record_schema import OPTUNA_STATE, ROLE, TEACHER, TEACHER_FINGERPRINT, TeacherRecord, TrialRecord, TrialStart
 from distill_lab.signals import interrupted
 from distill_lab.spec import RunConfig, StudySpec, resolve
 from distill_lab.study import optuna_compat
@@ -69,25 +70,22 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
             # Any other way out (NaN, out of memory, a bug, Ctrl-C) makes the Optuna trial FAIL:
             # the tag must say so rather than stay RUNNING on a run that has ended.
             with contextlib.suppress(Exception):
-                run.set_tags({"optuna_state": "FAIL"})
+                run.set_tags({OPTUNA_STATE: "FAIL"})
             raise
         value = _log_final(run, results, trial)
         _log_artifacts(run, results[0], base, ctx)
-        run.set_tags({"optuna_state": "COMPLETE"})
+        run.set_tags({OPTUNA_STATE: "COMPLETE"})
         if ctx.save_best:
             _maybe_save_best(run, trial, results, value)
     return value
 
 
 def _trial_tags(trial: optuna.Trial, ctx: StudyContext, base: RunConfig) -> dict[str, Any]:
-    tags: dict[str, Any] = {
-        "role": "trial", "study": ctx.spec.name, "trial_number": trial.number,
-        "optuna_trial_id": optuna_compat.trial_id(trial), "optuna_state": "RUNNING", "setting": naming.setting(base),
-        "init": naming.init_name(base), "mapping": naming.mapping_name(base)}
-    system_attrs = optuna_compat.system_attrs(trial.study, trial)
-    if "failed_trial" in system_attrs:  # a re-queued trial of a dead worker links to the dead worker's run
-        tags.update(retry_of_run=trial.user_attrs.get("mlflow_run_id"), retry_of_trial=system_attrs["failed_trial"])
-    return tags
+    retry_of = optuna_compat.system_attrs(trial.study, trial).get("failed_trial")  # a dead worker's re-queued trial
+    return TrialStart(study=ctx.spec.name, trial_number=trial.number, optuna_trial_id=optuna_compat.trial_id(trial),
+                      setting=naming.setting(base), init=naming.init_name(base), mapping=naming.mapping_name(base),
+                      retry_of_run=trial.user_attrs.get("mlflow_run_id") if retry_of is not None else None,
+                      retry_of_trial=retry_of).to_mlflow()
 
 
 def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: dict[str, Any],
@@ -112,7 +110,7 @@ def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: d
         result = run_distillation(config, on_eval=on_eval, stage=stage, corpus=corpus_for(config), plan=plan)
         results.append(result)
         if result.train_result.stopped_early:
-            run.set_tags({"optuna_state": "PRUNED"})
+            run.set_tags({OPTUNA_STATE: "PRUNED"})
             _log_final(run, results, trial)
             raise optuna.TrialPruned(f"pruned at step {result.train_result.steps}")
     return results
@@ -141,31 +139,34 @@ def final_metrics(results: list[RunResult]) -> dict[str, float]:
         "dev_f1_last_eval": statistics.fmean(
             r.train_result.last_dev_scores.f1 if r.train_result.last_dev_scores else r.dev.f1 for r in results),
     }
-    for result in results:
-        seed = result.config.training.seed
-        metrics[f"dev_f1_seed{seed}"] = result.dev.f1
-        metrics[f"test_f1_seed{seed}"] = result.test.f1
     for entity, score in first.dev.per_type.items():
         metrics[f"dev_f1_{entity}"] = score
     return metrics
 
 
-def _log_final(run: RunHandle, results: list[RunResult], trial: optuna.Trial) -> float:
+def trial_record(results: list[RunResult]) -> TrialRecord:
+    """What a finished trial records in its run (every seed of one setting)."""
     first, teacher = results[0], results[0].teacher
-    metrics = final_metrics(results)
+    n_student = models.num_layers(first.student)
+    return TrialRecord(
+        teacher=naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
+        student=naming.student_name(n_student, first.init.strategy),
+        student_model=naming.student_model_name(first.config, teacher.ref.display_name, n_student),
+        teacher_fingerprint=teacher.fingerprint,
+        dev_f1={r.config.training.seed: r.dev.f1 for r in results},
+        test_f1={r.config.training.seed: r.test.f1 for r in results},
+        summary=final_metrics(results),
+        extra_tags={"diagnosis": first.diagnosis, "diagnosis_advice": first.advice, "precision": first.precision,
+                    "checkpoint": first.config.training.checkpoint})
+
+
+def _log_final(run: RunHandle, results: list[RunResult], trial: optuna.Trial) -> float:
+    tags, metrics = trial_record(results).to_mlflow()
     last_step = max(r.train_result.steps for r in results)
     run.log_metrics(metrics, step=last_step)
     # The MLflow UI's dev_f1 column shows the latest value: make that the best, not the last eval.
     run.log_metrics({"dev_f1": metrics["best_dev_f1"]}, step=last_step + 1)
-    n_student = models.num_layers(first.student)
-    run.set_tags({
-        "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
-        "student": naming.student_name(n_student, first.init.strategy),
-        "student_model": naming.student_model_name(first.config, teacher.ref.display_name, n_student),
-        "diagnosis": first.diagnosis, "diagnosis_advice": first.advice,
-        "teacher_fingerprint": teacher.fingerprint, "precision": first.precision,
-        "checkpoint": first.config.training.checkpoint, "seeds": ",".join(str(r.config.training.seed) for r in results),
-    })
+    run.set_tags(tags)
     trial.set_user_attr("dev_f1_per_seed", {str(r.config.training.seed): r.dev.f1 for r in results})
     trial.set_user_attr("test_f1_per_seed", {str(r.config.training.seed): r.test.f1 for r in results})
     return metrics["best_dev_f1"]
@@ -207,22 +208,22 @@ def prepare_shared_teacher(ctx: StudyContext, tracker: Tracker, experiment_id: s
     teacher = prepare_teacher(config, corpus_for(config), device=device,
                               precision=precision.resolve(config.training.precision, device),
                               progress=stage and (lambda done, total: stage("teacher fine-tune", done, total)))
-    if tracker.find_run(experiment_id, {"role": "teacher", "teacher_fingerprint": teacher.fingerprint}) is None:
+    if tracker.find_run(experiment_id, {ROLE: TEACHER, TEACHER_FINGERPRINT: teacher.fingerprint}) is None:
         _log_teacher_run(ctx, config, teacher, tracker, experiment_id, parent_run_id)
     return teacher
 
 
 def _log_teacher_run(ctx: StudyContext, config: RunConfig, teacher: Teacher, tracker: Tracker,
                      experiment_id: str, parent_run_id: str) -> None:
-    tags = {"role": "teacher", "study": ctx.spec.name, "teacher_fingerprint": teacher.fingerprint,
-            "teacher": naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
-            "reused_from_cache": teacher.reused}
+    tags, metrics = TeacherRecord(
+        study=ctx.spec.name, fingerprint=teacher.fingerprint,
+        teacher=naming.teacher_name(teacher.ref.display_name, models.num_layers(teacher.model)),
+        dev_f1=teacher.dev_f1, test_f1=teacher.test_f1, params=models.count_parameters(teacher.model),
+        reused=teacher.reused, fine_tune_seconds=teacher.fine_tune_seconds).to_mlflow()
     with tracker.run(experiment_id, f"teacher {teacher.ref.display_name}", tags=tags,
                      parent_run_id=parent_run_id) as run:
         recipe = config.teacher.finetune.model_dump() if config.teacher.finetune else {}
         run.log_params({"teacher.model": config.teacher.model, "teacher.checkpoint": config.teacher.checkpoint,
                         **{f"teacher.finetune.{k}": v for k, v in recipe.items()},
                         "data.max_length": config.data.max_length})
-        run.log_metrics({"dev_f1": teacher.dev_f1, "test_f1": teacher.test_f1,
-                         "teacher_params": models.count_parameters(teacher.model),
-                         "fine_tune_seconds": teacher.fine_tune_seconds})
+        run.log_metrics(metrics)

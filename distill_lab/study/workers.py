@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from distill_lab import search_space
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import mask_url
+from distill_lab.record_schema import OPTUNA_STATE, ROLE, STUDY_TAG, TRIAL, TRIAL_ID, StudyRecord
 from distill_lab.runtime import quiet_libraries
 from distill_lab.signals import deferred_interrupts, interrupted, worker_interrupts
 from distill_lab.spec import StudySpec
@@ -54,18 +55,15 @@ def ensure_tracking(ctx: StudyContext, study: optuna.Study, tracker: Tracker) ->
     if attrs.get("mlflow_parent_run_id") and attrs.get("mlflow_tracking_uri") == mask_url(ctx.tracking_uri):
         return attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"]
     experiment_id = tracker.ensure_experiment(ctx.spec.tracking.experiment or ctx.spec.name)
-    tags = {"role": "study", "study": ctx.spec.name, "optuna_storage": mask_url(ctx.storage_url)}
-    mine = tracker.create_run(experiment_id, f"study {ctx.spec.name}",
-                              tags={**tags, "mlflow.note.content": str(ctx.spec.written().get("description") or "")})
-    parent = _earliest_parent(tracker, experiment_id, tags, mine)
+    record = StudyRecord(study=ctx.spec.name, optuna_storage=mask_url(ctx.storage_url),
+                         description=str(ctx.spec.written().get("description") or ""))
+    mine = tracker.create_run(experiment_id, f"study {ctx.spec.name}", tags=record.to_mlflow())
+    parent = _earliest_parent(tracker, experiment_id, record.identity(), mine)
     if parent != mine:
         tracker.client.delete_run(mine)
         log.info("another study run created parent run %s at the same time: using it", parent)
     else:
-        study_settings = ctx.spec.study.model_dump(mode="json")
-        handle_params = {"study." + k: v for k, v in study_settings.items() if k != "search_space"}
-        handle_params["study.search_space"] = json.dumps(study_settings["search_space"])
-        RunHandle(tracker.client, parent).log_params(handle_params)
+        RunHandle(tracker.client, parent).log_params(StudyRecord.params(ctx.spec.study.model_dump(mode="json")))
     study.set_user_attr("mlflow_tracking_uri", mask_url(ctx.tracking_uri))
     study.set_user_attr("mlflow_experiment_id", experiment_id)
     study.set_user_attr("mlflow_parent_run_id", parent)
@@ -98,7 +96,7 @@ def reconcile(study: optuna.Study, ctx: StudyContext, tracker: Tracker | None) -
 def _end_run_failed(tracker: Tracker, run_id: str, reason: str, status: str = "FAILED") -> None:
     try:
         tracker.client.set_tag(run_id, "error", reason)
-        tracker.client.set_tag(run_id, "optuna_state", "FAIL")
+        tracker.client.set_tag(run_id, OPTUNA_STATE, "FAIL")
         tracker.end_run(run_id, status)
     except Exception:  # noqa: BLE001 - the run may be on an unreachable server
         log.warning("could not end MLflow run %s", run_id)
@@ -127,13 +125,13 @@ def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -
     the run FINISHED before it tells the trial), is never mistaken for a dead one.
     """
     candidates = [run for run in tracker.runs_in_state(experiment_id)
-                  if run.data.tags.get("study") == study.study_name and run.data.tags.get("role") == "trial"]
+                  if run.data.tags.get(STUDY_TAG) == study.study_name and run.data.tags.get(ROLE) == TRIAL]
     if not candidates:
         return 0
     trials = {optuna_compat.trial_id(t): t for t in study.get_trials(deepcopy=False)}
     ended = 0
     for run in candidates:
-        trial = trials.get(int(run.data.tags.get("optuna_trial_id", -1)))
+        trial = trials.get(int(run.data.tags.get(TRIAL_ID, -1)))
         if trial is not None and trial.state != TrialState.FAIL:
             continue
         if tracker.client.get_run(run.info.run_id).info.status != "RUNNING":
@@ -237,7 +235,7 @@ class Worker:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:  # an interrupt during the run's close: the run is KILLED, its tag must agree
             with contextlib.suppress(Exception):
-                self.tracker.client.set_tag(run_id, "optuna_state", "FAIL")
+                self.tracker.client.set_tag(run_id, OPTUNA_STATE, "FAIL")
         if self.grid:  # the point goes back to the queue for another worker
             self.study.enqueue_trial(trial.params)
 
