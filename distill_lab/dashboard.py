@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 import plotly.io as pio
 from matplotlib.figure import Figure
@@ -97,8 +98,6 @@ def parallel_plot(trials: pd.DataFrame) -> Any | None:
 
 
 def group_plot(rows: pd.DataFrame, factor: str, title: str) -> Any | None:
-    import plotly.express as px
-
     if factor not in rows or rows[factor].nunique() < 2:
         return None
     frame = rows.assign(dev_f1_pct=rows["dev_f1"] * 100)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import urllib.parse
 
+from distill_lab.errors import DistillLabError
+
 _USERINFO = re.compile(r"(?<=://)([^:/@\s]*):([^@/\s]+)@")
 
 
@@ -13,7 +15,7 @@ def mask_url(url: str) -> str:
     if not isinstance(url, str) or "@" not in url:
         return url
     try:
-        from sqlalchemy.engine import make_url
+        from sqlalchemy.engine import make_url  # lazy: the CLI imports this module for --help (SQLAlchemy ~0.2 s)
 
         parsed = make_url(url)
         if parsed.password is not None:
@@ -41,7 +43,6 @@ def _password(url: str | None) -> str | None:
 
 def check_tracking_credentials(uri: str) -> None:
     """An http(s) tracking URI must not carry credentials: MLflow reads them from the environment."""
-    from distill_lab.errors import DistillLabError
 
     if re.match(r"https?://[^/@\s]*@", uri or ""):
         raise DistillLabError(

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from huggingface_hub import constants as hub_constants, try_to_load_from_cache
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer
 
+from distill_lab.distill.mapping import uniform_indices
 from distill_lab.errors import ModelError, SpecError
 from distill_lab.packaged import PACKAGED
 from distill_lab.paths import home_dir
@@ -77,9 +80,7 @@ def resolve_reference(reference: str, *, trust_remote_code: bool = False, field:
 def _hub_reachable() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    from huggingface_hub import constants
-
-    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or ""
+    host = urllib.parse.urlparse(hub_constants.ENDPOINT).hostname or ""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(3)
     try:
@@ -106,22 +107,16 @@ def _from_pretrained(loader: Any, ref: ModelRef, what: str, **kwargs: Any) -> An
 
 def _is_hub_cached(ref: ModelRef) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         return isinstance(try_to_load_from_cache(ref.location, "config.json"), str)
     except Exception:  # noqa: BLE001 - a cache probe must never fail a run
         return False
 
 
 def load_config(ref: ModelRef) -> Any:
-    from transformers import AutoConfig
-
     return _from_pretrained(AutoConfig, ref, "config")
 
 
 def load_tokenizer(ref: ModelRef, model_type: str | None = None) -> Any:
-    from transformers import AutoTokenizer
-
     model_type = model_type or load_config(ref).model_type
     kwargs: dict[str, Any] = {}
     if model_type in _PREFIX_SPACE_TYPES:
@@ -136,15 +131,11 @@ def load_tokenizer(ref: ModelRef, model_type: str | None = None) -> Any:
 
 def load_backbone(ref: ModelRef) -> nn.Module:
     """The pretrained encoder without any task head."""
-    from transformers import AutoModel
-
     return _from_pretrained(AutoModel, ref, "weights")
 
 
 def load_token_classifier(location: str | Path, labels: Sequence[str], *, trust_remote_code: bool = False) -> nn.Module:
     """A saved token classifier (a fine-tuned teacher or a checkpoint) whose labels must match."""
-    from transformers import AutoModelForTokenClassification
-
     ref = ModelRef(str(location), str(location), "local", Path(location).name, trust_remote_code, "checkpoint")
     model = _from_pretrained(AutoModelForTokenClassification, ref, "token-classification weights")
     saved = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -156,8 +147,6 @@ def load_token_classifier(location: str | Path, labels: Sequence[str], *, trust_
 
 
 def token_classifier_from_config(config: Any, labels: Sequence[str]) -> nn.Module:
-    from transformers import AutoModelForTokenClassification
-
     config = copy.deepcopy(config)
     _set_labels(config, labels)
     return AutoModelForTokenClassification.from_config(config)
@@ -165,8 +154,6 @@ def token_classifier_from_config(config: Any, labels: Sequence[str]) -> nn.Modul
 
 def token_classifier_from_backbone(ref: ModelRef, labels: Sequence[str]) -> nn.Module:
     """Pretrained backbone + a freshly initialised classification head."""
-    from transformers import AutoModelForTokenClassification
-
     config = load_config(ref)
     _set_labels(config, labels)
     return _from_pretrained(AutoModelForTokenClassification, ref, "weights", config=config)
@@ -229,8 +216,6 @@ def student_config_from_teacher(teacher_config: Any, *, num_layers: int, hidden_
 
 def select_layers(choice: str | Sequence[int], n_source: int, n_student: int) -> list[int]:
     """Source layer copied into each student layer: uniform (head->head, tail->tail), first, or explicit."""
-    from distill_lab.distill.mapping import uniform_indices
-
     if n_student > n_source and choice != "first":
         raise SpecError(
             f"student.init.layers: the student has {n_student} layers but the source has only "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -43,8 +44,6 @@ class StudyProgress:
 
     def __init__(self, console: Console, name: str, total: int, finished: int, info: str, *,
                  clock: Any = None):
-        import time
-
         self._console, self._name, self._total = console, name, total
         self._clock = clock or time.monotonic
         self._started, self._first = self._clock(), finished

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import check_tracking_credentials, mask_url, scrub
 from distill_lab.signals import deferred_interrupts
@@ -44,8 +47,6 @@ def _client(uri: str) -> Any:
     # that thread down) waited up to 1 s per trial. With a buffering window the thread sleeps on an
     # event instead, wakes at once when the run ends, and merges the step metrics it buffered.
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
-    from mlflow.tracking import MlflowClient
-
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as err:  # noqa: BLE001 - e.g. an unknown URI scheme: one line, not MLflow's traceback
@@ -62,15 +63,11 @@ class RunHandle:
     _pending: list[Any] = field(default_factory=list)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(key[:250], _param_value(value)) for key, value in sorted(params.items())]
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, synchronous: bool = True) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items() if _finite(value)]
         if not items:
@@ -81,8 +78,6 @@ class RunHandle:
             self._pending.append(operation)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         for start in range(0, len(items), 100):  # one request (one store commit) per 100 tags, not one per tag
             self.client.log_batch(self.run_id, tags=items[start:start + 100])

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+from distill_lab.data.conll import read_conll
 from distill_lab.data.corpus import Sentence
 from distill_lab.errors import DataError
 
@@ -104,7 +105,5 @@ def read_unlabeled(path: Path) -> list[Sentence]:
     # CoNLL without tags: one token per line and blank lines between sentences.
     one_token_lines = sum(1 for line in non_blank if len(line.split()) == 1)
     if one_token_lines / len(non_blank) > 0.9 and len(non_blank) < len(lines):
-        from distill_lab.data.conll import read_conll
-
         return [Sentence(s.tokens, None) for s in read_conll(path, labeled=False)]
     return [Sentence(tuple(line.split()), None) for line in non_blank if not line.startswith("-DOCSTART-")]

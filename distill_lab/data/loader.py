@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill_lab.data.augment import augment, read_unlabeled
+from distill_lab.data.conll import load_conll_dir, split_files
 from distill_lab.data.corpus import NerCorpus, Sentence
+from distill_lab.data.hub import load_hub_dataset
+from distill_lab.data.synthetic import generate_corpus
 from distill_lab.errors import DataError
 from distill_lab.spec import DataSpec
 
@@ -12,8 +16,6 @@ from distill_lab.spec import DataSpec
 def check_data(spec: DataSpec) -> None:
     """What can be checked without reading the data: its files exist (before any state is written)."""
     if spec.source == "conll":
-        from distill_lab.data.conll import split_files
-
         split_files(Path(spec.path or ""))
     if spec.transfer is not None and spec.transfer.path and not Path(spec.transfer.path).is_file():
         raise DataError(f"data.transfer.path {spec.transfer.path}: file not found")
@@ -22,17 +24,11 @@ def check_data(spec: DataSpec) -> None:
 def load_corpus(spec: DataSpec) -> NerCorpus:
     """Load the splits named by the spec, apply the sentence limits, check nothing is empty."""
     if spec.source == "synthetic":
-        from distill_lab.data.synthetic import generate_corpus
-
         synthetic = spec.synthetic
         splits = generate_corpus(synthetic.n_train, synthetic.n_dev, synthetic.n_test, seed=synthetic.seed)
     elif spec.source == "conll":
-        from distill_lab.data.conll import load_conll_dir
-
         splits = load_conll_dir(Path(spec.path or ""), spec.scheme)
     else:
-        from distill_lab.data.hub import load_hub_dataset
-
         splits = load_hub_dataset(spec.name or "", spec.config, trust_remote_code=spec.trust_remote_code)
     limits = {"train": spec.max_train_sentences, "dev": spec.max_eval_sentences, "test": spec.max_test_sentences}
     limited: dict[str, list[Sentence]] = {}
@@ -54,8 +50,6 @@ def load_corpus(spec: DataSpec) -> NerCorpus:
                             "max_train_sentences (lower max_train_sentences)")
         text = [Sentence(s.tokens, None) for s in remainder]
     else:
-        from distill_lab.data.augment import read_unlabeled
-
         text = read_unlabeled(Path(transfer.path or ""))
     if transfer.max_sentences:
         text = text[: transfer.max_sentences]
@@ -66,8 +60,6 @@ def training_sentences(corpus: NerCorpus, spec: DataSpec) -> list[Sentence]:
     """Gold train sentences + augmented copies + the transfer text mixed in at `transfer.ratio`."""
     sentences = list(corpus.train)
     if spec.augment is not None and spec.augment.copies:
-        from distill_lab.data.augment import augment
-
         sentences += augment(corpus.train, copies=spec.augment.copies, seed=spec.augment.seed,
                              o_noise=spec.augment.o_noise)
     if corpus.transfer and spec.transfer is not None:
