@@ -140,7 +140,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     out.print(f"retention {summary['retention'] * 100:.1f}% of teacher dev F1, compression {summary['compression']:.2f}x, "
               f"train-sample F1 {student['train_sample_f1'] * 100:.2f}, diagnosis: {summary['diagnosis']} "
               f"({summary['advice']})")
-    out.print(f"{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, wall time {summary['wall_seconds']:.1f} s")
+    speed = summary["inference"] and (f", inference {summary['inference']['student_sentences_per_s']:.0f} vs teacher "
+                                      f"{summary['inference']['teacher_sentences_per_s']:.0f} sentences/s "
+                                      f"({summary['inference']['speedup']:.2f}x)")
+    out.print(f"{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, wall time "
+              f"{summary['wall_seconds']:.1f} s{speed or ''}")
 
 
 study_app = typer.Typer(help="Optuna studies: run, join as a worker, inspect.", no_args_is_help=True)

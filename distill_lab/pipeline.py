@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 import transformers
 
-from distill_lab import models, precision
+from distill_lab import models, precision, speed
 from distill_lab.data.align import EncodedSplit, encode_sentences, label_index
 from distill_lab.data.corpus import NerCorpus
 from distill_lab.data.loader import load_corpus, training_sentences
@@ -50,6 +50,7 @@ class RunResult:
     dev_predictions: list[list[str]] = field(default_factory=list)
     dev_sentences: list[Any] = field(default_factory=list)
     precision: str = "fp32"  # what the run really used (training.precision 'auto' resolved)
+    inference_speed: speed.Speed | None = None  # inference sentences/s, student vs teacher (training.speed_sentences)
 
     @property
     def retention(self) -> float:
@@ -84,6 +85,8 @@ class RunResult:
             "stopped_early": self.train_result.stopped_early,
             "tokens_per_second": self.train_result.tokens_per_second,
             "precision": self.precision,
+            "inference": ({**self.inference_speed.metrics(), "sentences": self.inference_speed.sentences}
+                          if self.inference_speed else None),
             "checkpoint": self.config.training.checkpoint,
             "wall_seconds": self.wall_seconds,
         }
@@ -155,11 +158,13 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     result = train(student, splits["train"], splits["dev"], labels, recipe, objective, device=device,
                    on_eval=on_eval, progress=report("distill"))
     scores = _score(config, corpus, student, splits, result, device, run_precision)
+    run_speed = _speed(config, plan, corpus, student, teacher, splits["dev"], device, run_precision)
     return RunResult(
         config=config, labels=labels, teacher=teacher, student=student, student_tokenizer=tokenizer,
         init=init_report, layer_mapping=plan.mapping, train_result=result, **scores,
         student_params=models.count_parameters(student), teacher_params=models.count_parameters(teacher.model),
-        wall_seconds=time.perf_counter() - started, dev_sentences=list(corpus.dev), precision=run_precision)
+        wall_seconds=time.perf_counter() - started, dev_sentences=list(corpus.dev), precision=run_precision,
+        inference_speed=run_speed)
 
 
 def _encode(config: RunConfig, corpus: NerCorpus, tokenizer: Any, teacher_tokenizer: Any,
@@ -253,6 +258,16 @@ def _score(config: RunConfig, corpus: NerCorpus, student: torch.nn.Module, split
                                  overfit_gap=config.diagnosis.overfit_gap, random_floor=config.diagnosis.random_floor)
     return {"dev": dev_scores, "test": test_scores, "dev_predictions": dev_predictions,
             "train_sample_f1": sample_scores.f1, "diagnosis": diagnosis, "advice": advice}
+
+
+def _speed(config: RunConfig, plan: RunPlan, corpus: NerCorpus, student: torch.nn.Module, teacher: Teacher,
+           dev: EncodedSplit, device: torch.device, run_precision: str) -> speed.Speed | None:
+    """The student's and the teacher's inference speed on the first dev sentences."""
+    count = config.training.speed_sentences
+    teacher_dev = dev if plan.same_tokenizer else encode_sentences(
+        corpus.dev[:count], teacher.tokenizer, label_index(corpus.labels), config.data.max_length)
+    return speed.measure(student, teacher.model, dev, teacher_dev, sentences=count, device=device,
+                         precision=run_precision)
 
 
 def _train_sample(split: EncodedSplit, size: int, seed: int) -> EncodedSplit:

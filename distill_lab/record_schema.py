@@ -41,12 +41,12 @@ _TRIAL_COLUMNS = {
     "tags.study": "study", "tags.teacher": "teacher", "tags.student_model": "student_model",
     "tags.setting": "setting", "tags.init": "init", "tags.mapping": "mapping", "tags.diagnosis": "diagnosis",
     "metrics.teacher_dev_f1": "teacher_dev_f1", "metrics.student_params": "student_params",
-    "metrics.compression": "compression", "params.distill.temperature": "temperature",
+    "metrics.compression": "compression", "metrics.speedup": "speedup", "params.distill.temperature": "temperature",
     "params.distill.alpha_soft": "alpha_soft", "params.distill.alpha_hidden": "alpha_hidden",
     "params.distill.alpha_attention": "alpha_attention",
 }
-_NUMERIC = ("teacher_dev_f1", "student_params", "compression", "temperature", "alpha_soft", "alpha_hidden",
-            "alpha_attention")
+_NUMERIC = ("teacher_dev_f1", "student_params", "compression", "speedup", "temperature", "alpha_soft",
+            "alpha_hidden", "alpha_attention")
 
 
 def tag(name: str) -> str:

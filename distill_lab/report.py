@@ -31,8 +31,10 @@ HEADERS = {
     "zh": {"pair": "模型的参数选取", "setting": "蒸馏设定", "init": "初始化方式", "score": "产出模型表现"},
 }
 EXTRA_HEADERS = {"test": "test F1", "retention": "retention", "params": "student params",
-                 "compression": "compression", "diagnosis": "diagnosis", "study": "study", "runs": "MLflow runs"}
+                 "compression": "compression", "speedup": "speedup", "diagnosis": "diagnosis", "study": "study",
+                 "runs": "MLflow runs"}
 EXTRA_HEADERS_ZH = {"test": "测试集 F1", "retention": "保留率", "params": "学生参数量", "compression": "压缩比",
+                    "speedup": "推理加速比",
                     "diagnosis": "诊断", "study": "实验", "runs": "MLflow 运行"}
 RUN_ID_CHARS = 8  # a prefix that finds the run in the MLflow UI's search and in results/records
 
@@ -53,7 +55,7 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
             dev_f1_mean=("dev_f1", "mean"), dev_f1_std=("dev_f1", "std"), n=("dev_f1", "size"),
             test_f1_mean=("test_f1", "mean"), test_f1_std=("test_f1", "std"),
             teacher_dev_f1=("teacher_dev_f1", "mean"), student_params=("student_params", "first"),
-            compression=("compression", "first"),
+            compression=("compression", "first"), speedup=("speedup", "median"),
         ).reset_index()
         table = table.merge(_most_common(rows, "diagnosis"), on=GROUP_KEYS, how="left")
         table = table.merge(_run_ids(rows), on=GROUP_KEYS, how="left")
@@ -71,7 +73,7 @@ def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:
             "dev_f1_mean": teachers["dev_f1"], "dev_f1_std": float("nan"), "n": 1,
             "test_f1_mean": teachers["test_f1"], "test_f1_std": float("nan"),
             "teacher_dev_f1": teachers["dev_f1"], "student_params": teachers["params"],
-            "compression": 1.0, "diagnosis": "", "retention": 1.0, "reference": True,
+            "compression": 1.0, "speedup": 1.0, "diagnosis": "", "retention": 1.0, "reference": True,
             "runs": teachers["run_id"].str[:RUN_ID_CHARS],
         })
         reference = reference.drop_duplicates(subset=["study", "pair", "dev_f1_mean"])
@@ -127,6 +129,8 @@ def formatted(table: pd.DataFrame, lang: str = "en") -> pd.DataFrame:
                                      for r in table["retention"]],
         extra["params"]: [_params(p) for p in table["student_params"]],
         extra["compression"]: [f"{c:.2f}x" if c == c else "-" for c in table["compression"]],
+        # Measured inference sentences/s, student / teacher (runs before this column show "-").
+        extra["speedup"]: [f"{v:.2f}x" if v == v else "-" for v in table["speedup"]],
         extra["diagnosis"]: table["diagnosis"].fillna(""),
         extra["study"]: table["study"],
         extra["runs"]: table["runs"].fillna("") if "runs" in table else "",

@@ -22,11 +22,12 @@ import pytest
 from distill_lab import report as reporting
 from distill_lab import report_analysis
 from distill_lab import records as tracked
-from fake_runs import FakeStudy, concave_score, log_fake_study, log_unfinished_trial, new_store
+from fake_runs import FAKE_SPEEDUP, FakeStudy, concave_score, log_fake_study, log_unfinished_trial, new_store
 
 EN = ["teacher / student", "setting", "init", "score (dev F1)"]
 ZH = ["模型的参数选取", "蒸馏设定", "初始化方式", "产出模型表现"]
-EXTRAS = ["test F1", "retention", "student params", "compression", "diagnosis", "study", "MLflow runs"]
+EXTRAS = ["test F1", "retention", "student params", "compression", "speedup", "diagnosis", "study", "MLflow runs"]
+STUDY = len(EN) + EXTRAS.index("study")  # the study column of a markdown row
 PAIR = "T: MiniLM-L6 (6 layers), S: MiniLM (3 layers)"
 TEACHER_PAIR = "T: MiniLM-L6 (6 layers) (teacher, reference)"
 SCORE = re.compile(r"^(\d+\.\d\d)(?: ± (\d+\.\d\d))? \(n=(\d+)\)$")  # one seed: no spread
@@ -160,11 +161,18 @@ def test_markdown_one_row_per_group_plus_teacher_rows(store, markdown):
     assert len(trial_rows) == len(expected) == 9 + 4 + 3
     assert len(teacher_rows) == len(store.studies)
     assert len(rows) == len(trial_rows) + len(teacher_rows)
-    assert {(r[9], r[1], r[2]) for r in trial_rows} == set(zip(expected["study"], expected["setting"],
+    assert {(r[STUDY], r[1], r[2]) for r in trial_rows} == set(zip(expected["study"], expected["setting"],
                                                                 expected["init_name"]))
     assert "T=99" not in markdown  # failed and pruned trials are not reported
     for row in teacher_rows:
         assert row[1:4] == ["fine-tuned on gold labels", "pretrained weights", "90.50 (n=1)"]
+        assert row[len(EN) + EXTRAS.index("speedup")] == "1.00x"  # the teacher against itself
+
+
+def test_markdown_speedup_is_the_median_of_the_runs_measured_speedups(markdown):
+    _, rows = markdown_rows(markdown)
+    speedups = {row[len(EN) + EXTRAS.index("speedup")] for row in rows if row[0] == PAIR}
+    assert speedups == {f"{FAKE_SPEEDUP:.2f}x"}
 
 
 def test_markdown_scores_are_mean_std_n_of_the_seeds(store, markdown):
@@ -176,7 +184,7 @@ def test_markdown_scores_are_mean_std_n_of_the_seeds(store, markdown):
         match = SCORE.match(row[3])
         assert match, row[3]
         mean, std, n = float(match[1]), float(match[2]), int(match[3])
-        want = expected.loc[(row[9], row[1], row[2])]
+        want = expected.loc[(row[STUDY], row[1], row[2])]
         assert n == want["n"] == 3
         assert mean == pytest.approx(round(want["mean"] * 100, 2), abs=0.0051)
         assert std == pytest.approx(round(want["std"] * 100, 2), abs=0.0051)
@@ -184,10 +192,10 @@ def test_markdown_scores_are_mean_std_n_of_the_seeds(store, markdown):
 
 def test_markdown_rows_sorted_by_study_then_score(markdown):
     _, rows = markdown_rows(markdown)
-    studies = [row[9] for row in rows]
+    studies = [row[STUDY] for row in rows]
     assert studies == sorted(studies)
     for study in set(studies):
-        block = [row for row in rows if row[9] == study]
+        block = [row for row in rows if row[STUDY] == study]
         assert block[0][0] == TEACHER_PAIR
         means = [float(SCORE.match(row[3])[1]) for row in block[1:]]
         assert means == sorted(means, reverse=True)
@@ -206,7 +214,7 @@ def test_best_dev_f1_is_reported_not_the_last_eval(store, markdown):
     assert client.get_run(run_id).data.metrics["dev_f1"] == pytest.approx(first_seed["dev_f1"] - 0.03)
     _, rows = markdown_rows(markdown)
     values = study.values
-    for row in (row for row in rows if row[9] == "layer_mapping" and row[0] == PAIR):
+    for row in (row for row in rows if row[STUDY] == "layer_mapping" and row[0] == PAIR):
         group = values[values["setting"] == row[1]]
         reported = float(SCORE.match(row[3])[1])
         assert reported == pytest.approx(round(group["dev_f1"].mean() * 100, 2), abs=0.0051)
@@ -219,7 +227,7 @@ def test_lang_zh_headers(store, monkeypatch, capsys):
     header, rows = markdown_rows(out)
     assert header[:4] == ZH
     assert " | ".join(header[:4]) == "模型的参数选取 | 蒸馏设定 | 初始化方式 | 产出模型表现"
-    assert header[4:] == ["测试集 F1", "保留率", "学生参数量", "压缩比", "诊断", "实验", "MLflow 运行"]  # every header
+    assert header[4:] == ["测试集 F1", "保留率", "学生参数量", "压缩比", "推理加速比", "诊断", "实验", "MLflow 运行"]  # every header
     assert len(rows) == 9 + 4 + 3 + 3
 
 

@@ -54,7 +54,8 @@ BASE: dict[str, Any] = {
 }
 STEP_METRICS = ("dev_f1", "loss_total", "loss_hard", "loss_soft", "learning_rate")
 FINAL_METRICS = ("best_dev_f1", "test_f1", "train_sample_f1", "teacher_dev_f1", "retention", "student_params",
-                 "teacher_params", "compression", "tokens_per_second", "wall_seconds")
+                 "teacher_params", "compression", "tokens_per_second", "wall_seconds", "student_sentences_per_s",
+                 "teacher_sentences_per_s", "speedup")
 TRIAL_TAGS = ("study", "trial_number", "teacher", "student", "init", "setting", "optuna_state")
 ARTIFACTS = {"config.yaml", "classification_report.txt", "per_type_f1.json", "confusion_matrix.png",
              "sample_predictions.tsv"}
@@ -227,6 +228,7 @@ def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(stor
         assert metrics["retention"] == pytest.approx(expected_retention)
         assert 0.0 <= metrics["test_f1"] <= 1.0 and 0.0 <= metrics["train_sample_f1"] <= 1.0
         assert metrics["tokens_per_second"] > 0 and metrics["wall_seconds"] > 0
+        assert metrics["speedup"] == pytest.approx(metrics["student_sentences_per_s"] / metrics["teacher_sentences_per_s"])
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
         assert ARTIFACTS <= artifacts
     # The sweep found something: at least one student learned beyond nothing.

@@ -139,6 +139,9 @@ def final_metrics(results: list[RunResult]) -> dict[str, float]:
         "dev_f1_last_eval": statistics.fmean(
             r.train_result.last_dev_scores.f1 if r.train_result.last_dev_scores else r.dev.f1 for r in results),
     }
+    speeds = [r.inference_speed.metrics() for r in results if r.inference_speed is not None]
+    for name in speeds[0] if speeds else ():  # inference speed, student vs teacher: the seeds' median
+        metrics[name] = statistics.median(s[name] for s in speeds)
     for entity, score in first.dev.per_type.items():
         metrics[f"dev_f1_{entity}"] = score
     return metrics
