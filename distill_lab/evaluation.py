@@ -77,8 +77,13 @@ def evaluate(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str],
 
 
 def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], predicted_types: Sequence[str], *,
-             overfit_gap: float, random_floor: float) -> tuple[str, str]:
-    """The practitioner's mind-map: (label, advice)."""
+             teacher_f1: float, overfit_gap: float, random_floor: float, underfit_ratio: float) -> tuple[str, str]:
+    """The practitioner's mind-map: (label, advice), the first symptom that shows, in this order.
+
+    near-random: dev F1 below `random_floor`; label-collapse: a type of the dev set is never
+    predicted; overfitting: train-sample F1 more than `overfit_gap` above dev F1; underfitting: the
+    student has not even fit its training sample to `underfit_ratio` of the teacher's dev F1.
+    """
     if dev.f1 < random_floor:
         return "near-random", "predictions look random: check and clean the data"
     missing = sorted(set(gold_types) - set(predicted_types))
@@ -88,6 +93,10 @@ def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], pre
                 "classes (distill.class_weights), add transfer data (data.transfer)")
     if train_sample_f1 - dev.f1 > overfit_gap:
         return "overfitting", "train F1 far above dev F1: bigger student, lower T, adjust the intermediate loss"
+    if teacher_f1 > 0 and train_sample_f1 < underfit_ratio * teacher_f1:
+        return ("underfitting",
+                "train F1 far below the teacher: train longer or at a higher learning rate, initialise from the "
+                "fine-tuned teacher, add data (data.augment, data.transfer)")
     return "ok", "no issue detected"
 
 

@@ -157,7 +157,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     recipe = train_recipe(config, run_precision)
     result = train(student, splits["train"], splits["dev"], labels, recipe, objective, device=device,
                    on_eval=on_eval, progress=report("distill"))
-    scores = _score(config, corpus, student, splits, result, device, run_precision)
+    scores = _score(config, corpus, student, splits, result, device, run_precision, teacher.dev_f1)
     run_speed = _speed(config, plan, corpus, student, teacher, splits["dev"], device, run_precision)
     return RunResult(
         config=config, labels=labels, teacher=teacher, student=student, student_tokenizer=tokenizer,
@@ -236,7 +236,7 @@ def train_recipe(config: RunConfig, run_precision: str) -> TrainRecipe:
 
 
 def _score(config: RunConfig, corpus: NerCorpus, student: torch.nn.Module, splits: dict[str, EncodedSplit],
-           result: TrainResult, device: torch.device, run_precision: str) -> dict[str, Any]:
+           result: TrainResult, device: torch.device, run_precision: str, teacher_f1: float) -> dict[str, Any]:
     """Dev (the kept checkpoint's), test and train-sample scores, and the diagnosis they give."""
     labels, batch_size = corpus.labels, config.training.eval_batch_size
     if result.kept_scores is not None and result.kept_predictions is not None:
@@ -254,8 +254,10 @@ def _score(config: RunConfig, corpus: NerCorpus, student: torch.nn.Module, split
     sample_scores, _ = evaluate(student, sample, labels, batch_size=batch_size, device=device,
                                 precision=run_precision)
     gold_types = entity_types([s.tags or () for s in corpus.dev])
+    rules = config.diagnosis
     diagnosis, advice = diagnose(dev_scores, sample_scores.f1, gold_types, entity_types(dev_predictions),
-                                 overfit_gap=config.diagnosis.overfit_gap, random_floor=config.diagnosis.random_floor)
+                                 teacher_f1=teacher_f1, overfit_gap=rules.overfit_gap, random_floor=rules.random_floor,
+                                 underfit_ratio=rules.underfit_ratio)
     return {"dev": dev_scores, "test": test_scores, "dev_predictions": dev_predictions,
             "train_sample_f1": sample_scores.f1, "diagnosis": diagnosis, "advice": advice}
 

@@ -45,3 +45,41 @@ def test_score_micro_average_equals_seqeval_scores(seed):
     assert scores.f1 == f1_score(gold, predicted, zero_division=0)
     assert scores.precision == precision_score(gold, predicted, zero_division=0)
     assert scores.recall == recall_score(gold, predicted, zero_division=0)
+
+
+# --------------------------------------------------------------------------- the diagnosis mind-map
+TYPES = ["LOC", "MISC", "ORG", "PER"]
+RULES = {"overfit_gap": 0.15, "random_floor": 0.05, "underfit_ratio": 0.8}
+
+
+def _diagnose(dev_f1: float, train_f1: float, predicted_types=TYPES, teacher_f1: float = 0.83) -> tuple[str, str]:
+    from distill_lab.evaluation import Scores, diagnose
+
+    return diagnose(Scores(f1=dev_f1, precision=dev_f1, recall=dev_f1), train_f1, TYPES, predicted_types,
+                    teacher_f1=teacher_f1, **RULES)
+
+
+@pytest.mark.parametrize("case, dev_f1, train_f1, predicted, label, advice", [
+    # shuffled training labels: the student memorises noise, dev F1 near zero
+    ("shuffled labels", 0.02, 0.90, TYPES, "near-random", "check and clean the data"),
+    # one entity type relabelled O in training: that type is never predicted
+    ("LOC relabelled O", 0.61, 0.83, ["MISC", "ORG", "PER"], "label-collapse", "never predicts LOC"),
+    # 50 training sentences, many epochs: the sample is learned, dev is not
+    ("50 sentences", 0.41, 0.97, TYPES, "overfitting", "bigger student, lower T"),
+    # random init, short budget: neither train nor dev near the teacher (83)
+    ("random init", 0.26, 0.28, TYPES, "underfitting", "train longer"),
+    # a healthy student: train a little above dev, both near the teacher
+    ("healthy", 0.745, 0.80, TYPES, "ok", "no issue detected"),
+])
+def test_diagnose_names_each_induced_failure_with_its_advice(case, dev_f1, train_f1, predicted, label, advice):
+    got_label, got_advice = _diagnose(dev_f1, train_f1, predicted)
+    assert (got_label, advice in got_advice) == (label, True), case
+
+
+def test_diagnose_order_and_thresholds():
+    assert _diagnose(0.049, 0.02)[0] == "near-random"  # below the floor beats every other symptom
+    assert _diagnose(0.30, 0.95, ["PER"])[0] == "label-collapse"  # a missing type before the gap
+    assert _diagnose(0.50, 0.66)[0] == "overfitting"  # gap 0.16 > 0.15
+    assert _diagnose(0.50, 0.649)[0] == "underfitting"  # gap under, train 0.649 < 0.8 x 0.83 = 0.664
+    assert _diagnose(0.60, 0.665)[0] == "ok"  # train just above 0.8 x the teacher
+    assert _diagnose(0.30, 0.30, teacher_f1=0.0)[0] == "ok"  # a teacher at 0 F1 sets no bar
