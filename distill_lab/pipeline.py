@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
 
     `plan`: the run's plan when the caller made it already (a study makes it once per trial);
     otherwise it is made here, before the teacher fine-tune, so a bad spec fails in seconds.
+    `corpus`: a corpus the caller shares across runs (a study worker's); its tokenised splits are then
+    kept for the process's later runs on it, as the loaded teacher always is.
     """
     started = time.perf_counter()
     if config.training.num_threads:
@@ -140,6 +143,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     device = resolve_device(config.training.device)
     run_precision = precision.resolve(config.training.precision, device)
     plan = plan or load_plan(config)
+    shared_corpus = corpus is not None
     corpus = corpus or load_corpus(config.data)
     labels = corpus.labels
 
@@ -151,7 +155,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
                               precision=run_precision)
     teacher.model.to(device).eval()
     student, tokenizer, init_report = build_student(config, teacher, labels)
-    splits = _encode(config, corpus, tokenizer, teacher.tokenizer, plan)
+    splits = _encode(config, corpus, tokenizer, teacher.tokenizer, plan, shared_corpus=shared_corpus)
     objective = _objective(config, plan, teacher, student, splits["teacher_train"], device, run_precision,
                            class_weights)
     recipe = train_recipe(config, run_precision)
@@ -167,9 +171,38 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         inference_speed=run_speed)
 
 
+# Tokenised splits a process already made (a worker's trials and seeds share them): key -> (corpus, splits);
+# holding the corpus keeps its id from being reused while the entry lives.
+_ENCODED: dict[tuple[Any, ...], tuple[NerCorpus, dict[str, EncodedSplit]]] = {}
+
+
 def _encode(config: RunConfig, corpus: NerCorpus, tokenizer: Any, teacher_tokenizer: Any,
-            plan: RunPlan) -> dict[str, EncodedSplit]:
-    """Train / dev / test splits for the student, and the training split as the teacher reads it."""
+            plan: RunPlan, *, shared_corpus: bool) -> dict[str, EncodedSplit]:
+    """Train / dev / test splits for the student, and the training split as the teacher reads it.
+
+    A corpus the caller shares across runs (a study worker's) is encoded once per tokenizers, length
+    and training text: the seeds and trials of a study re-read the same splits (never modified).
+    """
+    if not shared_corpus:
+        return _encode_splits(config, corpus, tokenizer, teacher_tokenizer, plan)
+    key = (id(corpus), _tokenizer_key(tokenizer), _tokenizer_key(teacher_tokenizer), plan.same_tokenizer,
+           config.data.max_length, json.dumps(config.data.model_dump(mode="json", include={"augment", "transfer"}),
+                                              sort_keys=True))
+    if key in _ENCODED:
+        return _ENCODED[key][1]
+    splits = _encode_splits(config, corpus, tokenizer, teacher_tokenizer, plan)
+    _ENCODED[key] = (corpus, splits)
+    while len(_ENCODED) > 2:
+        _ENCODED.pop(next(iter(_ENCODED)))
+    return splits
+
+
+def _tokenizer_key(tokenizer: Any) -> tuple[str, int]:
+    return str(getattr(tokenizer, "name_or_path", "")), len(tokenizer)
+
+
+def _encode_splits(config: RunConfig, corpus: NerCorpus, tokenizer: Any, teacher_tokenizer: Any,
+                   plan: RunPlan) -> dict[str, EncodedSplit]:
     label2id = label_index(corpus.labels)
     max_length = config.data.max_length
     # Gold sentences, then augmented copies (gold tags follow the swap), then unlabeled transfer

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from distill_lab.spec import RunConfig
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the fine-tune procedure changes, so old teachers are not reused
+_LOADED: dict[str, "Teacher"] = {}  # teacher directory -> the teacher this process loaded or fine-tuned
+_ATTENTION: dict[str, str | None] = {}  # teacher directory -> its attention implementation when loaded
 
 
 @dataclass
@@ -83,9 +85,18 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
     """Load a fine-tuned teacher from its checkpoint or the cache; fine-tune it on a miss."""
     spec = config.teacher
     ref = models.resolve_reference(spec.model, trust_remote_code=spec.trust_remote_code, field="teacher.model")
+    labels = corpus.labels
+    if not spec.checkpoint:
+        key = teacher_fingerprint(config, corpus, ref, precision)
+        directory = home_dir() / "teachers" / key
+        loaded = _LOADED.get(str(directory))
+        if loaded is not None and (directory / "teacher.json").is_file():
+            attention, model = _ATTENTION[str(directory)], loaded.model
+            if getattr(model.config, "_attn_implementation", attention) != attention:
+                model.set_attn_implementation(attention)  # an attention-loss trial switched it to eager
+            return replace(loaded, reused=True)
     model_type = models.load_config(ref).model_type
     tokenizer = models.load_tokenizer(ref, model_type)
-    labels = corpus.labels
     if spec.checkpoint:
         model = models.load_token_classifier(spec.checkpoint, labels, trust_remote_code=spec.trust_remote_code)
         dev = encode_sentences(corpus.dev, tokenizer, label_index(labels), config.data.max_length)
@@ -95,15 +106,13 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
         return Teacher(model, tokenizer, ref, dev_scores.f1, test_scores.f1, checkpoint_fingerprint(spec.checkpoint),
                        spec.checkpoint, True)
 
-    key = teacher_fingerprint(config, corpus, ref, precision)
-    directory = home_dir() / "teachers" / key
     record = directory / "teacher.json"
     if record.is_file():
         info = json.loads(record.read_text())
         model = models.load_token_classifier(directory, labels)
         log.info("reusing fine-tuned teacher %s (dev F1 %.4f)", directory, info["dev_f1"])
-        return Teacher(model, tokenizer, ref, info["dev_f1"], info["test_f1"], key, str(directory), True,
-                       info.get("fine_tune_seconds", 0.0))
+        return _remember(Teacher(model, tokenizer, ref, info["dev_f1"], info["test_f1"], key, str(directory), True,
+                                 info.get("fine_tune_seconds", 0.0)))
 
     recipe_spec = spec.finetune
     assert recipe_spec is not None  # the spec fills a default recipe when no checkpoint is given
@@ -123,8 +132,23 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
     info = {"dev_f1": result.best_dev_f1, "test_f1": test_scores.f1, "fine_tune_seconds": result.wall_seconds,
             "reference": ref.reference, "recipe": recipe_spec.model_dump(), "steps": result.steps, "precision": precision}
     _publish(model, tokenizer, directory, info)
-    return Teacher(model, tokenizer, ref, result.best_dev_f1, test_scores.f1, key, str(directory), False,
-                   result.wall_seconds)
+    model.eval()
+    return _remember(Teacher(model, tokenizer, ref, result.best_dev_f1, test_scores.f1, key, str(directory), False,
+                             result.wall_seconds))
+
+
+def _remember(teacher: Teacher) -> Teacher:
+    """Keep the teacher for the process's later trials and seeds (the latest two fingerprints).
+
+    A worker's trials then share one loaded teacher instead of reading it from disk for every seed:
+    after its fine-tune the teacher is only ever run in eval mode, and a student's init copies its
+    weights (never shares them).
+    """
+    _LOADED[str(teacher.directory)] = teacher
+    _ATTENTION[str(teacher.directory)] = getattr(teacher.model.config, "_attn_implementation", None)
+    while len(_LOADED) > 2:
+        _ATTENTION.pop(_LOADED.pop(next(iter(_LOADED))).directory)
+    return teacher
 
 
 def _publish(model: torch.nn.Module, tokenizer: Any, directory: Path, info: dict[str, Any]) -> None:
