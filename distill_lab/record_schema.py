@@ -86,6 +86,22 @@ class StudyRecord:
         return {**self.identity(), NOTE: self.description}
 
     @staticmethod
+    def experiment_tags(written: Mapping[str, Any]) -> dict[str, str]:
+        """Tags of the study's MLflow experiment, from the spec as written (no expanded secret): its
+        question as the description the UI shows, what is distilled into what on which data, and the
+        experiment kind that opens the classic runs view (MLflow 3 opens unknown kinds on GenAI pages)."""
+        student = written.get("student") or {}
+        shape = student.get("from_teacher")
+        searched = ", ".join((written.get("study") or {}).get("search_space") or {}) or "nothing"
+        data = written.get("data") or {}
+        return {NOTE: f"{written.get('description') or written.get('name', '')}\n\nSearched: {searched}.",
+                STUDY_TAG: str(written.get("name", "")),
+                "teacher": str((written.get("teacher") or {}).get("model", "")),
+                "student": f"{shape.get('num_layers', '?')} layers of the teacher" if shape else str(student.get("model", "")),
+                "data": str(data.get("source", "")),
+                "mlflow.experimentKind": "custom_model_development"}
+
+    @staticmethod
     def params(settings: Mapping[str, Any]) -> dict[str, Any]:
         """The study section of the spec as params (`study.<key>`; the search space as JSON)."""
         params = {f"study.{key}": value for key, value in settings.items() if key != "search_space"}

@@ -147,6 +147,10 @@ class Tracker:
                 return self.client.get_experiment_by_name(name).experiment_id
             raise TrackingError(f"tracking store {self.uri}: {str(err).splitlines()[0]}") from err
 
+    def tag_experiment(self, experiment_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, value)
+
     def create_run(self, experiment_id: str, name: str, tags: dict[str, Any] | None = None,
                    parent_run_id: str | None = None) -> str:
         all_tags = {key: str(value) for key, value in (tags or {}).items()}

@@ -174,6 +174,12 @@ def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(stor
     best = driver.best_trial(study)
     assert parent.data.metrics["best_dev_f1"] == pytest.approx(best.value)
     assert parent.data.params["study.n_trials"] == "3"
+    # The experiment says what the study asks and opens on the classic runs view of the MLflow UI.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"].endswith("Searched: distill.temperature.")
+    assert (experiment.tags["study"], experiment.tags["teacher"], experiment.tags["student"],
+            experiment.tags["data"]) == ("unit_study", "tiny-bert", "2 layers of the teacher", "synthetic")
 
     (teacher,) = by_role["teacher"]
     assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id

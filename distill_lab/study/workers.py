@@ -55,6 +55,7 @@ def ensure_tracking(ctx: StudyContext, study: optuna.Study, tracker: Tracker) ->
     if attrs.get("mlflow_parent_run_id") and attrs.get("mlflow_tracking_uri") == mask_url(ctx.tracking_uri):
         return attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"]
     experiment_id = tracker.ensure_experiment(ctx.spec.tracking.experiment or ctx.spec.name)
+    tracker.tag_experiment(experiment_id, StudyRecord.experiment_tags(ctx.spec.written()))
     record = StudyRecord(study=ctx.spec.name, optuna_storage=mask_url(ctx.storage_url),
                          description=str(ctx.spec.written().get("description") or ""))
     mine = tracker.create_run(experiment_id, f"study {ctx.spec.name}", tags=record.to_mlflow())
