@@ -211,7 +211,7 @@ def export(study_or_spec: str = typer.Argument(..., help="A study name or its sp
     from distill_lab.study_runner import study_name
 
     _quiet_libraries()
-    from distill_lab.export import export_trial
+    from distill_lab.student_export import export_trial
 
     exported = export_trial(study_name(study_or_spec), out_dir, trial_number=trial, run_id=run_id,
                             best=best or (trial is None and run_id is None), storage_url=storage,
@@ -240,7 +240,7 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
                                             "temperature-fit plot and JSON to each study's parent run."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Rebuild the experiment table (teacher/student, setting, init, score) from tracked runs."""
-    from distill_lab import report as reporting
+    from distill_lab import report_table as reporting
     from distill_lab.report_analysis import report_text, update_document
     from distill_lab.tracking import default_tracking_uri
 
@@ -267,7 +267,7 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
 def _report_format(chosen: dict[str, bool], lang: str, *, update: Optional[Path], records: Optional[Path],
                    tracking_uri: Optional[str], analysis: bool, log_to_runs: bool) -> str:
     """The output format of `report`, after refusing option combinations that cannot be honoured."""
-    from distill_lab.report import HEADERS
+    from distill_lab.report_table import HEADERS
 
     formats = [name for name, on in chosen.items() if on]
     if len(formats) > 1:

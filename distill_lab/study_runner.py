@@ -117,7 +117,7 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
 
 
 def _publish_best(study: optuna.Study, ctx: driver.StudyContext, tracker: Tracker, console: Console) -> None:
-    from distill_lab.export import publish_best
+    from distill_lab.student_export import publish_best
 
     console.print("saving the best student: re-training the best trial's first seed from its record")
     published = publish_best(study, ctx, tracker, register=ctx.register)

@@ -18,7 +18,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from distill_lab import cli, models
 from distill_lab import study as driver
-from distill_lab.export import export_trial
+from distill_lab.student_export import export_trial
 from distill_lab.record_schema import BEST_STUDENT, LEGACY_BEST, STUDENT_MODEL
 from distill_lab.spec import parse_spec
 from distill_lab.student_card import save_student, student_pipeline
