@@ -54,7 +54,7 @@ def setup(uri: str, runs: int) -> int:
 
 
 def report_once(uri: str) -> tuple[float, int, int]:
-    from distill_lab import report
+    from distill_lab import report_table as report
     from distill_lab import records as tracked
 
     start = time.perf_counter()

@@ -19,7 +19,6 @@ from typing import Any, Optional
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import mask_url
@@ -109,42 +108,9 @@ def run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    _print_summary(summary)
+    from distill_lab.study_runner import print_run_summary
 
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    teacher, student = summary["teacher"], summary["student"]
-    table = Table(title=f"distill-lab run: {summary['name']}", show_lines=False)
-    table.add_column("model")
-    table.add_column("dev F1", justify="right")
-    table.add_column("test F1", justify="right")
-    table.add_column("params", justify="right")
-    reused = " (cached)" if teacher["reused"] else ""
-    table.add_row(f"teacher {teacher['model']} ({teacher['layers']} layers){reused}", f"{teacher['dev_f1'] * 100:.2f}",
-                  f"{teacher['test_f1'] * 100:.2f}", f"{teacher['params']:,}")
-    table.add_row(f"student ({student['layers']} layers, init={student['init']})", f"{student['dev_f1'] * 100:.2f}",
-                  f"{student['test_f1'] * 100:.2f}", f"{student['params']:,}")
-    out.print(table)
-    per_type = Table(title="student F1 per entity type")
-    per_type.add_column("type")
-    per_type.add_column("dev F1", justify="right")
-    per_type.add_column("test F1", justify="right")
-    for entity, value in student["dev_f1_per_type"].items():
-        per_type.add_row(entity, f"{value * 100:.2f}", f"{student['test_f1_per_type'].get(entity, 0.0) * 100:.2f}")
-    out.print(per_type)
-    distill = summary["distill"]
-    losses = ", ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in summary["losses"].items())
-    out.print(f"setting: T={distill['temperature']:g} alphas(hard/soft/hidden/attn)="
-              f"{'/'.join(f'{a:g}' for a in distill['alphas'])} map={distill['layer_mapping'] or '-'}")
-    out.print(f"last losses: {losses}")
-    out.print(f"retention {summary['retention'] * 100:.1f}% of teacher dev F1, compression {summary['compression']:.2f}x, "
-              f"train-sample F1 {student['train_sample_f1'] * 100:.2f}, diagnosis: {summary['diagnosis']} "
-              f"({summary['advice']})")
-    speed = summary["inference"] and (f", inference {summary['inference']['student_sentences_per_s']:.0f} vs teacher "
-                                      f"{summary['inference']['teacher_sentences_per_s']:.0f} sentences/s "
-                                      f"({summary['inference']['speedup']:.2f}x)")
-    out.print(f"{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, wall time "
-              f"{summary['wall_seconds']:.1f} s{speed or ''}")
+    print_run_summary(summary, out)
 
 
 study_app = typer.Typer(help="Optuna studies: run, join as a worker, inspect.", no_args_is_help=True)
@@ -159,29 +125,13 @@ TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI 
 
 
 def _context(spec_path: Path, overrides: list[str] | None, storage: str | None, tracking_uri: str | None,
-             n_trials: int | None, timeout: float | None, save_best: bool, workers: int = 1) -> Any:
-    from distill_lab import search_space, study
-    from distill_lab.data.loader import check_data
+             n_trials: int | None, timeout: float | None, save_best: bool, workers: int = 1,
+             register: str | None = None) -> Any:
     from distill_lab.spec import load_spec
-    from distill_lab.tracking import check_tracking_store, default_tracking_uri
+    from distill_lab.study_runner import study_context
 
-    spec = load_spec(spec_path, overrides or [])
-    search_space.check_space(spec)
-    if n_trials is not None and n_trials < 1:
-        raise DistillLabError(f"--n-trials must be >= 1 but got {n_trials}")
-    if workers < 1:
-        raise DistillLabError(f"--workers must be >= 1 but got {workers}")
-    _quiet_libraries()
-    n_teacher, n_student = study.check_against_models(spec)
-    # Nothing is written before the inputs are known good: data files, then the tracking store.
-    check_data(spec.data)
-    tracking = default_tracking_uri(tracking_uri, spec.tracking.tracking_uri)
-    check_tracking_store(tracking)
-    return study.StudyContext(
-        spec=spec, storage_url=storage or study.default_storage(),
-        tracking_uri=tracking,
-        n_trials=study.target_trials(spec, n_trials), n_teacher=n_teacher, n_student=n_student,
-        save_best=save_best, timeout=timeout)
+    return study_context(load_spec(spec_path, overrides or []), storage=storage, tracking_uri=tracking_uri,
+                         n_trials=n_trials, timeout=timeout, save_best=save_best, register=register, workers=workers)
 
 
 @study_app.command("run")
@@ -190,12 +140,15 @@ def study_run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
               n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Finished trials wanted (default: spec)."),
               timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after S seconds."),
               workers: int = typer.Option(1, "--workers", help="Local worker processes."),
-              save_best: bool = typer.Option(False, "--save-best", help="Log the best trial's student checkpoint."),
+              save_best: bool = typer.Option(False, "--save-best", help="At the end, log the final best trial's "
+                                             "student as an MLflow Model (re-trained once from its record)."),
+              register: Optional[str] = typer.Option(None, "--register", help="With --save-best (implied): register "
+                                                     "the best student in the model registry under NAME."),
               overrides: Optional[list[str]] = SetOption) -> None:
     """Create or resume a study and run it until n_trials trials are finished."""
     from distill_lab.study_runner import run_study
 
-    ctx = _context(spec, overrides, storage, tracking_uri, n_trials, timeout, save_best, workers)
+    ctx = _context(spec, overrides, storage, tracking_uri, n_trials, timeout, save_best, workers, register)
     code = run_study(ctx, workers=workers, console=console, out=out)
     if code:
         raise typer.Exit(code)
@@ -246,6 +199,32 @@ def trial_rerun(study_name: str = typer.Argument(..., help="Study name."),
 
 
 @app.command()
+def export(study_or_spec: str = typer.Argument(..., help="A study name or its spec file."),
+           out_dir: Path = typer.Option(..., "--out", help="The model directory to write."),
+           trial: Optional[int] = typer.Option(None, "--trial", help="The trial number."),
+           run_id: Optional[str] = typer.Option(None, "--run-id", help="The trial's MLflow run id."),
+           best: bool = typer.Option(False, "--best", help="The best COMPLETE trial (the default)."),
+           register: Optional[str] = typer.Option(None, "--register", help="Also log the student as an MLflow "
+                                                  "Model in the trial's run and register it under NAME."),
+           storage: Optional[str] = StorageOption, tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Write a trial's student as a Hugging Face model directory with its model card."""
+    from distill_lab.study_runner import study_name
+
+    _quiet_libraries()
+    from distill_lab.student_export import export_trial
+
+    exported = export_trial(study_name(study_or_spec), out_dir, trial_number=trial, run_id=run_id,
+                            best=best or (trial is None and run_id is None), storage_url=storage,
+                            tracking_uri=tracking_uri, register=register)
+    check = "" if exported.reproduced is None else (
+        f"; re-trained dev F1 {exported.dev_f1:.4f}, recorded {exported.recorded_dev_f1:.4f}"
+        f"{'' if exported.reproduced else ' (NOT the same to 4 decimals)'}")
+    out.print(f"trial #{exported.trial} of {exported.study}: {exported.weights} -> {out_dir}{check}", soft_wrap=True)
+    if exported.registered_version:
+        out.print(f"registered {register!r} version {exported.registered_version} ({exported.model_uri})")
+
+
+@app.command()
 def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Study name (repeatable; default all)."),
            markdown: bool = typer.Option(False, "--markdown", help="Markdown table (the default)."),
            csv: bool = typer.Option(False, "--csv", help="CSV with numeric columns."),
@@ -261,7 +240,7 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
                                             "temperature-fit plot and JSON to each study's parent run."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Rebuild the experiment table (teacher/student, setting, init, score) from tracked runs."""
-    from distill_lab import report as reporting
+    from distill_lab import report_table as reporting
     from distill_lab.report_analysis import report_text, update_document
     from distill_lab.tracking import default_tracking_uri
 
@@ -288,7 +267,7 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
 def _report_format(chosen: dict[str, bool], lang: str, *, update: Optional[Path], records: Optional[Path],
                    tracking_uri: Optional[str], analysis: bool, log_to_runs: bool) -> str:
     """The output format of `report`, after refusing option combinations that cannot be honoured."""
-    from distill_lab.report import HEADERS
+    from distill_lab.report_table import HEADERS
 
     formats = [name for name, on in chosen.items() if on]
     if len(formats) > 1:

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from matplotlib.figure import Figure
 
-from distill_lab import report as reporting
+from distill_lab import report_table as reporting
 from distill_lab.analysis import temperature_figure
 from distill_lab.errors import DistillLabError
 from distill_lab.record_schema import finished_trials, tag

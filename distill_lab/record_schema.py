@@ -32,6 +32,11 @@ OPTUNA_STATE = "optuna_state"
 STUDY_TAG = "study"
 TRIAL_ID = "optuna_trial_id"
 TEACHER_FINGERPRINT = "teacher_fingerprint"
+# On a trial run whose student was logged as an MLflow Model: the model's URI. BEST_STUDENT marks the
+# one run of a study whose student is the study's final best (moved when a resumed study finds a better one).
+STUDENT_MODEL = "student_model_uri"
+BEST_STUDENT = "best_student"
+LEGACY_BEST = "best_checkpoint"  # versions before BEST_STUDENT tagged every best-so-far trial with this
 NOTE = "mlflow.note.content"  # the description the MLflow UI shows on a run
 SEARCH_SPACE = "study.search_space"
 # Per-seed scores of a trial run: dev_f1_seed<N> (the kept checkpoint's dev F1) and test_f1_seed<N>.

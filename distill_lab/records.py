@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from distill_lab.errors import DistillLabError
 from distill_lab.record_schema import ROLE, ROLES, TEACHER, TEACHER_FINGERPRINT, tag
-from distill_lab.tracking import PARENT_TAG
+from distill_lab.tracking import PARENT_TAG, using_tracking_uri
 
 FORMAT = 1
 # Per-step curves kept in the export (a run logs them once per seed, prefixed seed<N>_ after the first).
@@ -239,21 +239,12 @@ def search_runs_api(tracking_uri: str) -> pd.DataFrame:
         raise ReportError(f"tracking store {tracking_uri} has no experiments: run a study first")
     frames = []
     # mlflow.search_runs has no uri argument: point the global at the store only meanwhile.
-    previous = mlflow.get_tracking_uri()
-    environment = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also (un)sets this variable
-    try:
-        mlflow.set_tracking_uri(tracking_uri)
+    with using_tracking_uri(tracking_uri):
         for role in ROLES:
             frame = mlflow.search_runs(experiment_ids=experiments, filter_string=f"tags.{ROLE} = '{role}'",
                                        output_format="pandas", max_results=200_000)
             if not frame.empty:
                 frames.append(frame)
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if environment is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = environment
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

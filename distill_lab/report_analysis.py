@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from distill_lab.analysis import compare_groups, fit_temperature, temperature_figure
 from distill_lab.record_schema import ROLE, STUDY, STUDY_TAG, StudyRecord, tag
-from distill_lab.report import experiment_table, render, seed_rows, update_regions
+from distill_lab.report_table import experiment_table, render, seed_rows, update_regions
 from distill_lab.records import UnknownStudyError, load_records, load_runs
 
 

@@ -14,17 +14,44 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
+from distill_lab import search_space
 from distill_lab import study as driver
+from distill_lab.data.loader import check_data
 from distill_lab.errors import DistillLabError, SpecError, TrialError
 from distill_lab.masking import mask_url
 from distill_lab.pipeline import run_distillation
 from distill_lab.progress import StudyProgress
+from distill_lab.runtime import quiet_libraries
 from distill_lab.signals import sigterm_interrupts
 from distill_lab.search_space import decode
-from distill_lab.spec import load_spec, resolve
+from distill_lab.spec import StudySpec, load_spec, resolve
 from distill_lab.study.summary import state_counts, study_line
 from distill_lab.study.workers import supervise
-from distill_lab.tracking import RunHandle, Tracker, default_tracking_uri
+from distill_lab.tracking import RunHandle, Tracker, check_tracking_store, default_tracking_uri
+
+
+def study_context(spec: StudySpec, *, storage: str | None = None, tracking_uri: str | None = None,
+                  n_trials: int | None = None, timeout: float | None = None, save_best: bool = False,
+                  register: str | None = None, workers: int = 1) -> driver.StudyContext:
+    """A study's context after every input is checked: search space, models, data, tracking store.
+
+    Nothing is written before the inputs are known good. `save_best` is the flag or the spec's
+    `tracking.save_best`; `register` implies it.
+    """
+    search_space.check_space(spec)
+    if n_trials is not None and n_trials < 1:
+        raise DistillLabError(f"--n-trials must be >= 1 but got {n_trials}")
+    if workers < 1:
+        raise DistillLabError(f"--workers must be >= 1 but got {workers}")
+    quiet_libraries()
+    n_teacher, n_student = driver.check_against_models(spec)
+    check_data(spec.data)
+    tracking = default_tracking_uri(tracking_uri, spec.tracking.tracking_uri)
+    check_tracking_store(tracking)
+    return driver.StudyContext(
+        spec=spec, storage_url=storage or driver.default_storage(), tracking_uri=tracking,
+        n_trials=driver.target_trials(spec, n_trials), n_teacher=n_teacher, n_student=n_student,
+        save_best=bool(save_best or register or spec.tracking.save_best), timeout=timeout, register=register)
 
 
 def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: Console) -> int:
@@ -34,6 +61,8 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     if driver.finished_count(study) >= ctx.n_trials:
         out.print(f"study {ctx.spec.name!r} is finished ({ctx.n_trials} trials); nothing to do")
         _print_summary(study, ctx, out)
+        if ctx.save_best:
+            _publish_best(study, ctx, Tracker(ctx.tracking_uri), console)
         return 0
     tracker = Tracker(ctx.tracking_uri)
     experiment_id, parent_run_id = driver.ensure_tracking(ctx, study, tracker)
@@ -82,7 +111,24 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     _print_summary(study, ctx, out)
     if stopped:
         raise TrialError(stopped)
+    if ctx.save_best:
+        _publish_best(study, ctx, tracker, console)
     return 0
+
+
+def _publish_best(study: optuna.Study, ctx: driver.StudyContext, tracker: Tracker, console: Console) -> None:
+    from distill_lab.student_export import publish_best
+
+    console.print("saving the best student: re-training the best trial's first seed from its record")
+    published = publish_best(study, ctx, tracker, register=ctx.register)
+    if published is None:
+        return
+    check = "" if published.reproduced is None else (
+        f" (re-trained dev F1 {published.dev_f1:.4f}, recorded {published.recorded_dev_f1:.4f}"
+        f"{'' if published.reproduced else ': NOT the same to 4 decimals'})")
+    registered = f", registered as {ctx.register!r} version {published.registered_version}" if ctx.register else ""
+    console.print(f"best trial #{published.trial}: student logged as MLflow Model {published.model_uri}"
+                  f"{check}{registered}", soft_wrap=True)
 
 
 def _stopped_by_failures(study: optuna.Study, ctx: driver.StudyContext, started: float) -> str | None:
@@ -197,13 +243,8 @@ def best_params(spec_or_name: str, storage: str | None) -> dict[str, Any]:
     name = study_name(spec_or_name)
     storage_url = storage or driver.default_storage()
     study = driver.load_study(name, storage_url)
-    trial = driver.best_trial(study)
-    if trial is None:
-        raise DistillLabError(f"study {name!r} has no COMPLETE trial yet (see `distill-lab study status {name}`)")
-    spec = driver.spec_of(study)
-    n_teacher, n_student = driver.layer_counts(spec)
-    ctx = driver.StudyContext(spec, storage_url, "", 1, n_teacher, n_student)
-    params = driver.rerun_params(trial, ctx)
+    trial = driver.find_trial(study, best=True)
+    params = driver.rerun_params(trial, driver.replay_context(study, storage_url))
     return {"study": name, "trial": trial.number, "value": trial.value,
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""), "params": params}
 
@@ -222,21 +263,9 @@ def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, s
     """Replay a trial's params and seeds; print recorded vs re-run dev F1 per seed."""
     storage_url = storage or driver.default_storage()
     study = driver.load_study(study_name, storage_url)
-    trials = study.get_trials(deepcopy=False)
-    if run_id:
-        matches = [t for t in trials if t.user_attrs.get("mlflow_run_id") == run_id]
-    elif trial_number is not None:
-        matches = [t for t in trials if t.number == trial_number]
-    else:
-        raise DistillLabError("trial rerun: give a TRIAL_NUMBER or --run-id")
-    if not matches:
-        raise DistillLabError(f"study {study_name!r} has no trial {run_id or trial_number} "
-                              f"(trials 0..{len(trials) - 1})")
-    trial = matches[0]
-    spec = driver.spec_of(study)
-    n_teacher, n_student = driver.layer_counts(spec)
-    ctx = driver.StudyContext(spec, storage_url, default_tracking_uri(tracking_uri, spec.tracking.tracking_uri),
-                              1, n_teacher, n_student)
+    trial = driver.find_trial(study, trial_number, run_id)
+    ctx = driver.replay_context(study, storage_url)
+    spec = ctx.spec
     params = driver.rerun_params(trial, ctx)
     recorded = trial.user_attrs.get("dev_f1_per_seed", {})
     rows = []
@@ -261,3 +290,37 @@ def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, s
     return 0 if all(row["match_4dp"] for row in rows) else 1
 
 
+def print_run_summary(summary: dict[str, Any], out: Console) -> None:
+    """`distill-lab run`: the teacher and student scores, per-type F1, setting, losses, speed."""
+    teacher, student = summary["teacher"], summary["student"]
+    table = Table(title=f"distill-lab run: {summary['name']}", show_lines=False)
+    table.add_column("model")
+    table.add_column("dev F1", justify="right")
+    table.add_column("test F1", justify="right")
+    table.add_column("params", justify="right")
+    reused = " (cached)" if teacher["reused"] else ""
+    table.add_row(f"teacher {teacher['model']} ({teacher['layers']} layers){reused}", f"{teacher['dev_f1'] * 100:.2f}",
+                  f"{teacher['test_f1'] * 100:.2f}", f"{teacher['params']:,}")
+    table.add_row(f"student ({student['layers']} layers, init={student['init']})", f"{student['dev_f1'] * 100:.2f}",
+                  f"{student['test_f1'] * 100:.2f}", f"{student['params']:,}")
+    out.print(table)
+    per_type = Table(title="student F1 per entity type")
+    per_type.add_column("type")
+    per_type.add_column("dev F1", justify="right")
+    per_type.add_column("test F1", justify="right")
+    for entity, value in student["dev_f1_per_type"].items():
+        per_type.add_row(entity, f"{value * 100:.2f}", f"{student['test_f1_per_type'].get(entity, 0.0) * 100:.2f}")
+    out.print(per_type)
+    distill = summary["distill"]
+    losses = ", ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in summary["losses"].items())
+    out.print(f"setting: T={distill['temperature']:g} alphas(hard/soft/hidden/attn)="
+              f"{'/'.join(f'{a:g}' for a in distill['alphas'])} map={distill['layer_mapping'] or '-'}")
+    out.print(f"last losses: {losses}")
+    out.print(f"retention {summary['retention'] * 100:.1f}% of teacher dev F1, compression {summary['compression']:.2f}x, "
+              f"train-sample F1 {student['train_sample_f1'] * 100:.2f}, diagnosis: {summary['diagnosis']} "
+              f"({summary['advice']})")
+    speed = summary["inference"] and (f", inference {summary['inference']['student_sentences_per_s']:.0f} vs teacher "
+                                      f"{summary['inference']['teacher_sentences_per_s']:.0f} sentences/s "
+                                      f"({summary['inference']['speedup']:.2f}x)")
+    out.print(f"{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, wall time "
+              f"{summary['wall_seconds']:.1f} s{speed or ''}")

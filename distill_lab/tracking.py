@@ -224,6 +224,25 @@ class Tracker:
 
 
 @contextlib.contextmanager
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI pointed at `uri` meanwhile, for the fluent-only APIs (search_runs,
+    the model flavors' log_model, register_model); the previous URI and environment come back after."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    environment = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also (un)sets this variable
+    try:
+        mlflow.set_tracking_uri(uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+
+
+@contextlib.contextmanager
 def temporary_directory() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="distill-lab-") as directory:
         yield Path(directory)

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from distill_lab import report as reporting
+from distill_lab import report_table as reporting
 from distill_lab import report_analysis
 from distill_lab import records as tracked
 from fake_runs import FAKE_SPEEDUP, FakeStudy, concave_score, log_fake_study, log_unfinished_trial, new_store

@@ -15,7 +15,6 @@ from typing import Any, Callable
 import optuna
 import torch
 import yaml
-from optuna.trial import TrialState
 
 from distill_lab import models, naming, precision
 from distill_lab.data.corpus import NerCorpus
@@ -31,7 +30,7 @@ from distill_lab.study.storage import StudyContext, owner_name
 from distill_lab.study.summary import sampled_params
 from distill_lab.teacher import Teacher, prepare_teacher
 from distill_lab.artifacts import confusion_figure, predictions_tsv
-from distill_lab.tracking import RunHandle, Tracker, temporary_directory
+from distill_lab.tracking import RunHandle, Tracker
 
 Stage = Callable[[str, int, int], None]
 # Corpora read once per process: a worker's trials share them (keyed by the data spec).
@@ -75,8 +74,6 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
         value = _log_final(run, results, trial)
         _log_artifacts(run, results[0], base, ctx)
         run.set_tags({OPTUNA_STATE: "COMPLETE"})
-        if ctx.save_best:
-            _maybe_save_best(run, trial, results, value)
     return value
 
 
@@ -185,18 +182,6 @@ def _log_artifacts(run: RunHandle, result: RunResult, config: RunConfig, ctx: St
     figure = confusion_figure(gold, result.dev_predictions, result.labels)
     run.log_figure(figure, "confusion_matrix.png")
     run.log_text(predictions_tsv(result.dev_sentences, result.dev_predictions), "sample_predictions.tsv")
-
-
-def _maybe_save_best(run: RunHandle, trial: optuna.Trial, results: list[RunResult], value: float) -> None:
-    study_best = [t.value for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.value is not None]
-    if study_best and value < max(study_best):
-        return
-    with temporary_directory() as directory:
-        results[0].student.save_pretrained(directory, safe_serialization=True)
-        results[0].student_tokenizer.save_pretrained(directory)
-        run.log_artifacts(directory, "student")
-    run.set_tags({"best_checkpoint": "student/"})
 
 
 def prepare_shared_teacher(ctx: StudyContext, tracker: Tracker, experiment_id: str, parent_run_id: str,

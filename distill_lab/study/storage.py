@@ -44,8 +44,9 @@ class StudyContext:
     n_trials: int
     n_teacher: int
     n_student: int
-    save_best: bool = False
+    save_best: bool = False  # at the end: the final best trial's student logged as an MLflow Model
     timeout: float | None = None
+    register: str | None = None  # with save_best: the model registry name it is registered under
 
     @property
     def seeds(self) -> list[int]:

@@ -9,7 +9,8 @@ from optuna.trial import TrialState
 
 from distill_lab import models, naming, search_space
 from distill_lab.spec import StudySpec
-from distill_lab.study.storage import FINISHED_STATES, StudyContext
+from distill_lab.errors import DistillLabError
+from distill_lab.study.storage import FINISHED_STATES, StudyContext, spec_of
 
 
 def state_counts(study: optuna.Study) -> dict[TrialState, int]:
@@ -83,3 +84,32 @@ def sampled_params(trial: optuna.trial.BaseTrial, ctx: StudyContext) -> dict[str
 def rerun_params(trial: optuna.trial.FrozenTrial, ctx: StudyContext) -> dict[str, Any]:
     """The exact sampled params of a recorded trial, replayed through the same search space."""
     return sampled_params(optuna.trial.FixedTrial(trial.params, number=trial.number), ctx)
+
+
+def replay_context(study: optuna.Study, storage_url: str, tracking_uri: str = "") -> StudyContext:
+    """A context to replay a stored study's trials: its stored spec and the models' layer counts."""
+    spec = spec_of(study)
+    n_teacher, n_student = layer_counts(spec)
+    return StudyContext(spec, storage_url, tracking_uri, 1, n_teacher, n_student)
+
+
+def find_trial(study: optuna.Study, trial_number: int | None = None, run_id: str | None = None, *,
+               best: bool = False) -> optuna.trial.FrozenTrial:
+    """One trial of a study: by number, by its MLflow run id, or the best COMPLETE one (exactly one way)."""
+    chosen = [name for name, value in (("TRIAL", trial_number), ("--run-id", run_id), ("--best", best or None))
+              if value is not None]
+    if len(chosen) != 1:
+        raise DistillLabError(f"choose the trial one way: a TRIAL number, --run-id or --best "
+                              f"(got {', '.join(chosen) or 'none'})")
+    trials = study.get_trials(deepcopy=False)
+    if best:
+        found = best_trial(study)
+        if found is None:
+            raise DistillLabError(f"study {study.study_name!r} has no COMPLETE trial yet "
+                                  f"(see `distill-lab study status {study.study_name}`)")
+        return found
+    matches = [t for t in trials if (t.user_attrs.get("mlflow_run_id") == run_id if run_id else t.number == trial_number)]
+    if not matches:
+        raise DistillLabError(f"study {study.study_name!r} has no trial {run_id or trial_number} "
+                              f"(trials 0..{len(trials) - 1})")
+    return matches[0]
