@@ -4,6 +4,8 @@
     .venv/bin/python bench/distill_bench.py tracking [--sentences 600]
     .venv/bin/python bench/distill_bench.py memory
     .venv/bin/python bench/distill_bench.py sweep    [--sentences 2000] [--epochs 1]
+    .venv/bin/python bench/distill_bench.py precision [--sentences 2000] [--steps 40]
+    .venv/bin/python bench/distill_bench.py compile  [--sentences 2000] [--steps 40]
 
 Data: CoNLL-2003 from $DISTILL_LAB_DATA_DIR/conll2003 when set, else the synthetic corpus.
 Teacher: the packaged MiniLM-L6 (fine-tuned once, cached). `step` compares, on the SAME batches:
@@ -67,10 +69,11 @@ def _setup(sentences: int, layers: int = 4):
     return config, corpus, teacher, split, mapping, teacher_layers_needed(mapping), build_student
 
 
-def _time_steps(model, objective, split, batches, recipe_lr: float = 1e-4) -> list[float]:
+def _time_steps(model, objective, split, batches, recipe_lr: float = 1e-4, precision: str = "fp32") -> list[float]:
     import torch
 
     from distill_lab.distill.engine import adamw_kernel
+    from distill_lab.precision import autocast
 
     parameters = [p for p in model.parameters()] + (
         list(objective.projections.parameters()) if objective.projections is not None else [])
@@ -81,7 +84,8 @@ def _time_steps(model, objective, split, batches, recipe_lr: float = 1e-4) -> li
     for indices in batches:
         batch = split.batch(indices)
         started = time.perf_counter()
-        parts = objective.losses(model, batch, torch.device("cpu"))
+        with autocast("cpu", precision):  # as the engine does: autocast forward, fp32 losses inside
+            parts = objective.losses(model, batch, torch.device("cpu"))
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         optimizer.step()
@@ -124,6 +128,68 @@ def bench_step(args: argparse.Namespace) -> None:
           f"{results['distill, teacher live'] / results['student-only']:.3f}")
 
 
+def bench_precision(args: argparse.Namespace) -> None:
+    """bf16 autocast vs fp32 on the same batches: the teacher fine-tune's step (6 layers, CE) and a
+    3-layer student's distillation step (soft + hard loss, teacher-output cache warm)."""
+    import torch
+
+    from distill_lab import models
+    from distill_lab.data.align import bucketed_batches
+    from distill_lab.distill.engine import Objective
+    from distill_lab.distill.teacher_cache import teacher_targets
+    from distill_lab.paths import home_dir
+
+    config, corpus, teacher, split, _, _, build_student = _setup(args.sentences, 3)
+    batches = bucketed_batches(split.lengths, 32, seed=1, epoch=0)[: args.steps + 3]
+    cached = teacher_targets(teacher.model, split, teacher_fingerprint=teacher.fingerprint, layers=(),
+                             cache_dir=home_dir() / "teacher_outputs")
+    medians = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(1)
+        fine_tune = models.token_classifier_from_backbone(teacher.ref, corpus.labels)
+        medians["teacher fine-tune", precision] = statistics.median(
+            _time_steps(fine_tune, Objective(alpha_hard=1.0), split, batches, precision=precision)[3:])
+        torch.manual_seed(1)
+        student, _, _ = build_student(config, teacher, corpus.labels)
+        medians["3-layer student, KD", precision] = statistics.median(
+            _time_steps(student, Objective(alpha_hard=0.2, alpha_soft=0.8, temperature=8.0, teacher=cached),
+                        split, batches, precision=precision)[3:])
+    for name in ("teacher fine-tune", "3-layer student, KD"):
+        print(f"{name:<22} median step fp32 {medians[name, 'fp32'] * 1000:7.1f} ms, bf16 "
+              f"{medians[name, 'bf16'] * 1000:7.1f} ms over {args.steps} steps")
+    for name in ("teacher fine-tune", "3-layer student, KD"):
+        print(f"ratio bf16 / fp32 step, {name} = {medians[name, 'bf16'] / medians[name, 'fp32']:.3f} (target <= 0.6)")
+
+
+def bench_compile(args: argparse.Namespace) -> None:
+    """torch.compile on CPU for a 3-layer student's KD steps, compile time included, at the trial
+    lengths the studies use; eager and compiled models start from the same weights and batches."""
+    import torch
+
+    from distill_lab.data.align import bucketed_batches
+    from distill_lab.distill.engine import Objective
+    from distill_lab.distill.teacher_cache import teacher_targets
+    from distill_lab.paths import home_dir
+
+    config, corpus, teacher, split, _, _, build_student = _setup(args.sentences, 3)
+    batches = bucketed_batches(split.lengths, 32, seed=1, epoch=0)[: args.steps]
+    cached = teacher_targets(teacher.model, split, teacher_fingerprint=teacher.fingerprint, layers=(),
+                             cache_dir=home_dir() / "teacher_outputs")
+    objective = Objective(alpha_hard=0.2, alpha_soft=0.8, temperature=8.0, teacher=cached)
+    runs = {}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(1)
+        student, _, _ = build_student(config, teacher, corpus.labels)
+        model = torch.compile(student, dynamic=True) if name == "compiled" else student
+        runs[name] = _time_steps(model, objective, split, batches)
+        print(f"{name:<9} first step {runs[name][0]:6.2f} s, then median {statistics.median(runs[name][1:]) * 1000:6.1f} ms"
+              f" ({len(batches)} length-bucketed batches)", flush=True)
+    for steps in (63, 126, 1317):  # a 2,000-sentence epoch, the 2-epoch studies, the full-set headline
+        totals = {name: times[0] + statistics.median(times[1:]) * (steps - 1) for name, times in runs.items()}
+        print(f"ratio compiled / eager for a {steps}-step trial (compile included) = "
+              f"{totals['compiled'] / totals['eager']:.3f}")
+
+
 def _trial_seconds(tracking: bool, sentences: int) -> tuple[float, float]:
     """A quickstart-sized trial with or without MLflow tracking, in a fresh process.
 
@@ -156,9 +222,10 @@ if {tracking}:
         driver.run_trial(s.ask(), ctx, tracker, exp, parent)
         print("SECONDS", time.perf_counter() - started)
 else:
+    from distill_lab.study.objective import corpus_for  # a worker's shared corpus, as the tracked side
     for _ in range(2):
         started = time.perf_counter()
-        run_distillation(resolve(spec))
+        run_distillation(resolve(spec), corpus=corpus_for(resolve(spec)))
         print("SECONDS", time.perf_counter() - started)
 """
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
@@ -225,7 +292,7 @@ def bench_sweep(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["step", "tracking", "memory", "sweep"])
+    parser.add_argument("command", choices=["step", "tracking", "memory", "sweep", "precision", "compile"])
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -237,7 +304,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}; "
           f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
-    {"step": bench_step, "tracking": bench_tracking, "memory": bench_memory, "sweep": bench_sweep}[args.command](args)
+    {"step": bench_step, "tracking": bench_tracking, "memory": bench_memory, "sweep": bench_sweep,
+     "precision": bench_precision, "compile": bench_compile}[args.command](args)
 
 
 if __name__ == "__main__":
