@@ -90,6 +90,14 @@ def _recipe(config: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _speed_line(metrics: Mapping[str, float]) -> str:
+    if metrics.get("speedup") is None:
+        return "- inference speed: not measured by this run (training.speed_sentences 0, or an older run)"
+    return (f"- inference speed (batch 32, the run's device and precision, median of 3 passes): student "
+            f"{float(metrics['student_sentences_per_s']):.0f} vs teacher {float(metrics['teacher_sentences_per_s']):.0f} "
+            f"sentences/s, {float(metrics['speedup']):.2f}x")
+
+
 def card_text(facts: StudentFacts) -> str:
     """The model card (README.md): how to load it, teacher, student, recipe, scores, params, spec."""
     tags, metrics, origin = facts.tags, facts.metrics, facts.provenance
@@ -118,6 +126,7 @@ def card_text(facts: StudentFacts) -> str:
         f"- student: {tags.get('student_model', '?')} ({tags.get('student', '?')}), "
         f"{int(metrics.get('student_params', 0)):,} parameters"
         + (f", {float(compression):.2f}x fewer" if compression else ""),
+        _speed_line(metrics),
         f"- diagnosis: {tags.get('diagnosis', '-')}\n",
         "## Recipe\n", "\n".join(_recipe(facts.config)) + "\n",
     ]

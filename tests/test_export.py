@@ -114,6 +114,9 @@ def test_export_retrains_the_trial_to_its_recorded_dev_f1_and_writes_a_loadable_
     for seed in (5, 6):  # both seeds' recorded scores, in F1 points
         assert f"| {seed} | {trial.user_attrs['dev_f1_per_seed'][str(seed)] * 100:.2f} |" in card
     assert "name: export_study" in card and "distill.temperature" in card and "tiny-bert" in card
+    run = MlflowClient(store.uri).get_run(trial.user_attrs["mlflow_run_id"]).data.metrics
+    assert (f"student {run['student_sentences_per_s']:.0f} vs teacher {run['teacher_sentences_per_s']:.0f} "
+            f"sentences/s, {run['speedup']:.2f}x") in card  # the trial's measured inference speed
     # Same spec, params and seed: the same weights, whichever way they are obtained again.
     again = export_trial("export_study", store.dir / "again", trial_number=1, storage_url=store.journal,
                          tracking_uri=store.uri)
