@@ -111,6 +111,7 @@ INSTALLED = Path(sys.executable).parent / "distill-lab"
     (["study", "run", "studies/quickstart.yaml", "--storage", "/proc/no-such-dir/x.journal"],
      "error: --storage /proc/no-such-dir/x.journal: cannot create its directory"),
     (["study", "run", "studies/quickstart.yaml", "--tracking-uri", "bogus://x"], "error: tracking URI 'bogus://x'"),
+    (["study", "run", "studies/quickstart.yaml", "--set", "distill.temperature=.inf"], "finite number"),
 ])
 def test_installed_command_gives_one_clear_error_and_exit_2(tmp_path, args, fragment):
     env = {**os.environ, "DISTILL_LAB_HOME": str(tmp_path / "home")}
