@@ -165,7 +165,8 @@ class Worker:
                  storage: optuna.storages.BaseStorage | None = None) -> None:
         self.ctx, self.stage = ctx, stage
         # The process's own storage where it has one: each storage holds a connection (storage.POOL).
-        storage = storage or open_storage(ctx.storage_url, tracking_uri=ctx.tracking_uri)
+        if storage is None:
+            storage = open_storage(ctx.storage_url, tracking_uri=ctx.tracking_uri)
         self.study = optuna.load_study(study_name=ctx.spec.name, storage=storage,
                                        sampler=search_space.sampler_for(ctx.spec, worker),
                                        pruner=search_space.pruner_for(ctx.spec))
