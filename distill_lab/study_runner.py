@@ -84,7 +84,7 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
 
             driver.prepare_shared_teacher(ctx, tracker, experiment_id, parent_run_id, stage=stage)
             if workers == 1:
-                driver.work(ctx, on_trial=refresh, stage=stage)
+                driver.work(ctx, on_trial=refresh, stage=stage, storage=storage)
             else:
                 died = supervise(driver.spawn_workers(ctx, workers), study, ctx, tracker, refresh)
                 if died:
@@ -92,7 +92,7 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
                 if died and driver.finished_count(study) < ctx.n_trials:
                     # Nothing lost: what the dead workers left (their re-queued points) runs here.
                     console.print("running what the dead workers left in this process")
-                    driver.work(ctx, on_trial=refresh, stage=stage)
+                    driver.work(ctx, on_trial=refresh, stage=stage, storage=storage)
             refresh(study)
             stopped = _stopped_by_failures(study, ctx, started)
             if stopped:
@@ -181,7 +181,7 @@ def run_worker(ctx: driver.StudyContext, *, console: Console) -> int:
     sigterm_interrupts()
     try:
         # A worker on another host: its sampler seed must differ from every other worker's.
-        driver.work(ctx, worker=os.getpid(), on_trial=lambda s: console.print(study_line(s)))
+        driver.work(ctx, worker=os.getpid(), on_trial=lambda s: console.print(study_line(s)), storage=storage)
     except (KeyboardInterrupt, SystemExit):
         console.print("worker interrupted: its trial was marked FAIL and its run KILLED")
         return 130

@@ -111,6 +111,7 @@ INSTALLED = Path(sys.executable).parent / "distill-lab"
     (["study", "run", "studies/quickstart.yaml", "--storage", "/proc/no-such-dir/x.journal"],
      "error: --storage /proc/no-such-dir/x.journal: cannot create its directory"),
     (["study", "run", "studies/quickstart.yaml", "--tracking-uri", "bogus://x"], "error: tracking URI 'bogus://x'"),
+    (["study", "run", "studies/quickstart.yaml", "--set", "distill.temperature=.inf"], "finite number"),
 ])
 def test_installed_command_gives_one_clear_error_and_exit_2(tmp_path, args, fragment):
     env = {**os.environ, "DISTILL_LAB_HOME": str(tmp_path / "home")}
@@ -259,6 +260,20 @@ def test_cli_run_empty_split(tmp_path, capfd):
     path = _spec(tmp_path, data={"source": "conll", "path": str(data)})
     message = _one_error_line(*_main(capfd, "run", path))
     assert message == f"{data / 'dev.txt'}: no sentences found (file is empty)"
+
+
+def test_installed_command_refuses_a_multi_word_token_line_and_names_it(tmp_path):
+    data = tmp_path / "conll"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.txt").write_text(CONLL)
+    (data / "dev.txt").write_text("\ufeffJohn B-PER\nNew York B-LOC\n")  # the glitch: a space inside a token
+    path = _spec(tmp_path, data={"source": "conll", "path": str(data)})
+    env = {**os.environ, "DISTILL_LAB_HOME": str(tmp_path / "home")}
+    done = subprocess.run([str(INSTALLED), "run", str(path)], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=300)
+    message = _one_error_line(done.returncode, done.stdout, done.stderr)
+    assert message.startswith(f"{data / 'dev.txt'}:2: 3 columns where line 1 has 2 ('New York B-LOC')"), message
 
 
 def test_cli_conll_source_without_path(tmp_path, capfd):

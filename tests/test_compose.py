@@ -44,6 +44,16 @@ def test_compose_mlflow_server_runs_without_its_job_runner():
     assert environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
+def test_compose_bounds_the_postgres_connections_of_mlflow_and_says_the_server_limit():
+    services = _compose()["services"]
+    assert services["postgres"]["command"] == ["postgres", "-c", "max_connections=${POSTGRES_MAX_CONNECTIONS:-100}"]
+    mlflow = services["mlflow"]
+    workers = int(mlflow["command"][mlflow["command"].index("--workers") + 1])
+    pool = int(mlflow["environment"]["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
+    overflow = int(mlflow["environment"]["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"])
+    assert workers * (pool + overflow) == 20  # the figure README and docs/benchmarks.md size max_connections with
+
+
 def test_compose_optuna_and_mlflow_use_different_databases():
     init = (ROOT / "docker" / "postgres-init.sh").read_text()
     assert "CREATE DATABASE optuna" in init and "CREATE DATABASE mlflow" in init

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -127,17 +128,20 @@ def _grid_spec(tmp_path: Path, name: str, temperatures: list[float], epochs: flo
     return path
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(DISTILL_LAB_HOME=str(tmp_path / "home"), DISTILL_LAB_HEARTBEAT_INTERVAL="1",
-               DISTILL_LAB_GRACE_PERIOD="6", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+def _env(tmp_path: Path, default_heartbeat: bool = False) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DISTILL_LAB_HEARTBEAT_INTERVAL", "DISTILL_LAB_GRACE_PERIOD")}
+    env.update(DISTILL_LAB_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if not default_heartbeat:  # a dead worker is noticed in seconds, not the default 40 s
+        env.update(DISTILL_LAB_HEARTBEAT_INTERVAL="1", DISTILL_LAB_GRACE_PERIOD="6")
     return env
 
 
-def _start(args: list[str], tmp_path: Path, log_name: str) -> subprocess.Popen:
+def _start(args: list[str], tmp_path: Path, log_name: str, default_heartbeat: bool = False) -> subprocess.Popen:
     log = open(tmp_path / log_name, "w")
-    return subprocess.Popen(CLI + args, cwd=tmp_path, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(CLI + args, cwd=tmp_path, env=_env(tmp_path, default_heartbeat), stdout=log,
+                            stderr=subprocess.STDOUT)
 
 
 def _load(storage: str, name: str):
@@ -167,12 +171,13 @@ def _runs(tracking_uri: str, name: str):
 
 
 def _start_study_and_workers(spec: Path, storage: str, tracking: str, tmp_path: Path, name: str,
-                             extra_workers: int, local_workers: int = 1) -> list[subprocess.Popen]:
+                             extra_workers: int, local_workers: int = 1,
+                             default_heartbeat: bool = False) -> list[subprocess.Popen]:
     runner = _start(["study", "run", str(spec), "--storage", storage, "--tracking-uri", tracking,
-                     "--workers", str(local_workers)], tmp_path, "run.log")
+                     "--workers", str(local_workers)], tmp_path, "run.log", default_heartbeat)
     _wait_for(lambda: "mlflow_parent_run_id" in _load(storage, name).user_attrs, 180, "the study and its parent run")
-    workers = [_start(["study", "worker", str(spec), "--storage", storage], tmp_path, f"worker{i}.log")
-               for i in range(extra_workers)]
+    workers = [_start(["study", "worker", str(spec), "--storage", storage], tmp_path, f"worker{i}.log",
+                      default_heartbeat) for i in range(extra_workers)]
     return [runner, *workers]
 
 
@@ -213,6 +218,37 @@ def test_scaleout_four_workers_run_each_grid_point_once(databases, mlflow_server
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert [r for r in runs if r.info.status == "RUNNING"] == []
     assert "database is locked" not in _logs(tmp_path)
+
+
+@pytest.mark.slow
+def test_scaleout_default_heartbeat_workers_hold_one_connection_each(databases, mlflow_server, tmp_path):
+    from bench.scaleout_bench import ConnectionSampler, connected_span
+
+    temperatures = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0]
+    # The default heartbeat (10 s) and grace period (40 s), as an operator runs it: trials long enough
+    # for the heartbeat thread to beat while the trial's own storage calls share the connection.
+    spec = _grid_spec(tmp_path, "conn6", temperatures, epochs=12, n_train=80)
+    sampler = ConnectionSampler({"optuna": databases["optuna"].rsplit("/", 1)[1]}, period=0.1)
+    sampler.start()
+    try:
+        processes = _start_study_and_workers(spec, databases["optuna"], mlflow_server, tmp_path, "conn6", 1,
+                                             local_workers=2, default_heartbeat=True)
+        sampler.roots.update(process.pid for process in processes)
+        for process in processes:
+            assert process.wait(timeout=900) == 0, _logs(tmp_path)[-4000:]
+    finally:
+        sampler.done.set()
+    trials = _load(databases["optuna"], "conn6").get_trials(deepcopy=False)
+    # No live worker was judged dead by the default grace period, and every point ran once.
+    assert sorted(t.params["distill.temperature"] for t in trials if t.state.name == "COMPLETE") == temperatures
+    assert [t for t in trials if t.state.name != "COMPLETE"] == []
+    # Coordinator, its two spawned workers and the `study worker`: one PostgreSQL connection each while
+    # they work, a second only while two calls overlap (the heartbeat beside a trial's call).
+    held = {pid: connected_span(counts) for pid, counts in sampler.per_process.items() if max(counts) > 0}
+    assert len(held) == 4, sampler.per_process
+    assert [statistics.median(counts) for counts in held.values()] == [1, 1, 1, 1], sampler.per_process
+    assert sampler.peak_per_process() <= 2, sampler.report()
+    assert [r for r in _runs(mlflow_server, "conn6") if r.info.status == "RUNNING"] == []
 
 
 @pytest.mark.slow

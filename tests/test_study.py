@@ -475,6 +475,18 @@ def test_a_study_whose_every_trial_fails_is_an_error_with_a_failed_parent_run(st
     assert parent.info.status == "FAILED"
 
 
+def test_study_run_whose_every_trial_diverges_exits_2_in_one_line(store):
+    spec_path = _write_spec(store.dir, {"name": "all_diverge", "training.learning_rate": 1.0e30})
+    result = _cli(["study", "run", str(spec_path), "--storage", store.journal, "--tracking-uri", store.uri,
+                   "--n-trials", "1"], cwd=store.dir)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: study 'all_diverge' stopped with 0 of 1 trials finished: 4 failed (last: "), result.stderr
+    study = _load(store, "all_diverge")
+    assert _states(study) == ["FAIL"] * 4
+    assert _client(store).get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FAILED"
+
+
 def test_non_finite_numbers_in_a_spec_are_refused():
     from distill_lab.errors import SpecError
 

@@ -32,6 +32,13 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # Heartbeat of RDB storages: a worker silent for GRACE seconds is dead and its trial re-queued.
 HEARTBEAT_INTERVAL = int(os.environ.get("DISTILL_LAB_HEARTBEAT_INTERVAL", "10"))
 GRACE_PERIOD = int(os.environ.get("DISTILL_LAB_GRACE_PERIOD", "40"))
+# One storage per process and one pooled connection per storage: many workers share one PostgreSQL
+# server (max_connections defaults to 100). The overflow connection exists only while two calls
+# overlap and is closed when returned: the heartbeat thread beside a trial's own call, and every
+# RDBStorage's start, whose schema check opens a second connection inside the first (without an
+# overflow it waits for itself until the pool times out). A connection per call (NullPool) costs
+# ~4x per call. Measured in docs/benchmarks.md ("PostgreSQL connections").
+POOL: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1, "pool_recycle": 300}
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,7 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
     engine_kwargs: dict[str, Any] = {}
     if not url.startswith("sqlite"):
         kwargs = _heartbeat_kwargs()
-        # Small pools: many workers share one PostgreSQL server (max_connections is ~100).
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2, "pool_recycle": 300}
+        engine_kwargs = dict(POOL)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as err:  # noqa: BLE001 - connection/driver errors become one line

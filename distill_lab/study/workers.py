@@ -162,10 +162,13 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, *, grid:
 class Worker:
     """One worker's loop over a study (`study run` in-process, `study worker`, or a spawned process)."""
 
-    def __init__(self, ctx: StudyContext, *, worker: int = 0, stage: Stage | None = None) -> None:
+    def __init__(self, ctx: StudyContext, *, worker: int = 0, stage: Stage | None = None,
+                 storage: optuna.storages.BaseStorage | None = None) -> None:
         self.ctx, self.stage = ctx, stage
-        self.study = optuna.load_study(study_name=ctx.spec.name,
-                                       storage=open_storage(ctx.storage_url, tracking_uri=ctx.tracking_uri),
+        # The process's own storage where it has one: each storage holds a connection (storage.POOL).
+        if storage is None:
+            storage = open_storage(ctx.storage_url, tracking_uri=ctx.tracking_uri)
+        self.study = optuna.load_study(study_name=ctx.spec.name, storage=storage,
                                        sampler=search_space.sampler_for(ctx.spec, worker),
                                        pruner=search_space.pruner_for(ctx.spec))
         self.tracker = Tracker(ctx.tracking_uri)
@@ -242,9 +245,9 @@ class Worker:
 
 
 def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study], None] | None = None,
-         stage: Stage | None = None) -> None:
+         stage: Stage | None = None, storage: optuna.storages.BaseStorage | None = None) -> None:
     """One worker: take trials until the study has n_trials finished (or the grid is exhausted)."""
-    loop = Worker(ctx, worker=worker, stage=stage)
+    loop = Worker(ctx, worker=worker, stage=stage, storage=storage)
     started = time.monotonic()
     while (step := loop.next_step(started)) != "stop":
         if step == "wait":
