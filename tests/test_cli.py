@@ -112,6 +112,8 @@ INSTALLED = Path(sys.executable).parent / "distill-lab"
      "error: --storage /proc/no-such-dir/x.journal: cannot create its directory"),
     (["study", "run", "studies/quickstart.yaml", "--tracking-uri", "bogus://x"], "error: tracking URI 'bogus://x'"),
     (["study", "run", "studies/quickstart.yaml", "--set", "distill.temperature=.inf"], "finite number"),
+    (["study", "run", "studies/quickstart.yaml", "--storage", "postgresql+psycopg2://postgres:S3cretPW@127.0.0.1:1/x"],
+     "error: --storage postgresql+psycopg2://postgres:***@127.0.0.1:1/x: cannot open Optuna storage"),
 ])
 def test_installed_command_gives_one_clear_error_and_exit_2(tmp_path, args, fragment):
     env = {**os.environ, "DISTILL_LAB_HOME": str(tmp_path / "home")}
@@ -120,6 +122,8 @@ def test_installed_command_gives_one_clear_error_and_exit_2(tmp_path, args, frag
     assert fragment in done.stderr and "Traceback" not in done.stderr
     # Usage errors end with click's "Error: ..." line; our own errors are a single "error: ..." line.
     assert done.stderr.strip().splitlines()[-1].lower().startswith("error: ")
+    if fragment.startswith("error: "):  # nothing before our line: no warnings, no secret
+        assert done.stderr.strip().count("\n") == 0 and "S3cretPW" not in done.stderr + done.stdout, done.stderr
 
 
 def test_installed_command_prints_its_version():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 import json
 import os
 import socket
@@ -85,11 +86,14 @@ def open_storage(url: str, *, workers: int = 1, tracking_uri: str | None = None)
         )
     kwargs: dict[str, Any] = {}
     engine_kwargs: dict[str, Any] = {}
-    if not url.startswith("sqlite"):
-        kwargs = _heartbeat_kwargs()
-        engine_kwargs = dict(POOL)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        # Heartbeats are "experimental" to Optuna since v2.8; its warnings would precede every line we print.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if not url.startswith("sqlite"):
+                kwargs = _heartbeat_kwargs()
+                engine_kwargs = dict(POOL)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as err:  # noqa: BLE001 - connection/driver errors become one line
         raise DistillLabError(f"--storage {mask_url(url)}: cannot open Optuna storage: "
                               f"{scrub(str(err).splitlines()[0], url)}") from None
