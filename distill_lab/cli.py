@@ -19,7 +19,6 @@ from typing import Any, Optional
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import mask_url
@@ -100,6 +99,7 @@ def run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     _quiet_libraries()
     from distill_lab.pipeline import run_distillation
     from distill_lab.progress import StageProgress
+    from distill_lab.study_runner import print_run_summary
 
     # Bars only on a terminal: redirected, rich prints their final state, and a failed run's
     # stderr must stay the one error line.
@@ -109,38 +109,7 @@ def run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    _print_summary(summary)
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    teacher, student = summary["teacher"], summary["student"]
-    table = Table(title=f"distill-lab run: {summary['name']}", show_lines=False)
-    table.add_column("model")
-    table.add_column("dev F1", justify="right")
-    table.add_column("test F1", justify="right")
-    table.add_column("params", justify="right")
-    reused = " (cached)" if teacher["reused"] else ""
-    table.add_row(f"teacher {teacher['model']} ({teacher['layers']} layers){reused}", f"{teacher['dev_f1'] * 100:.2f}",
-                  f"{teacher['test_f1'] * 100:.2f}", f"{teacher['params']:,}")
-    table.add_row(f"student ({student['layers']} layers, init={student['init']})", f"{student['dev_f1'] * 100:.2f}",
-                  f"{student['test_f1'] * 100:.2f}", f"{student['params']:,}")
-    out.print(table)
-    per_type = Table(title="student F1 per entity type")
-    per_type.add_column("type")
-    per_type.add_column("dev F1", justify="right")
-    per_type.add_column("test F1", justify="right")
-    for entity, value in student["dev_f1_per_type"].items():
-        per_type.add_row(entity, f"{value * 100:.2f}", f"{student['test_f1_per_type'].get(entity, 0.0) * 100:.2f}")
-    out.print(per_type)
-    distill = summary["distill"]
-    losses = ", ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in summary["losses"].items())
-    out.print(f"setting: T={distill['temperature']:g} alphas(hard/soft/hidden/attn)="
-              f"{'/'.join(f'{a:g}' for a in distill['alphas'])} map={distill['layer_mapping'] or '-'}")
-    out.print(f"last losses: {losses}")
-    out.print(f"retention {summary['retention'] * 100:.1f}% of teacher dev F1, compression {summary['compression']:.2f}x, "
-              f"train-sample F1 {student['train_sample_f1'] * 100:.2f}, diagnosis: {summary['diagnosis']} "
-              f"({summary['advice']})")
-    out.print(f"{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, wall time {summary['wall_seconds']:.1f} s")
+    print_run_summary(summary, out)
 
 
 study_app = typer.Typer(help="Optuna studies: run, join as a worker, inspect.", no_args_is_help=True)

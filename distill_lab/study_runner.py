@@ -1,4 +1,5 @@
-"""The study commands' front ends: coordinator with progress bars, worker, status, trial rerun."""
+"""The rich front ends of the run and study commands: one run's summary, the study coordinator with
+progress bars, worker, status, best, trial rerun."""
 
 from __future__ import annotations
 
@@ -261,3 +262,33 @@ def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, s
     return 0 if all(row["match_4dp"] for row in rows) else 1
 
 
+def print_run_summary(summary: dict[str, Any], out: Console) -> None:
+    """`distill-lab run`: teacher and student scores, F1 per entity type, the setting, losses and speed."""
+    teacher, student = summary["teacher"], summary["student"]
+    table = Table(title=f"distill-lab run: {summary['name']}", show_lines=False)
+    table.add_column("model")
+    table.add_column("dev F1", justify="right")
+    table.add_column("test F1", justify="right")
+    table.add_column("params", justify="right")
+    reused = " (cached)" if teacher["reused"] else ""
+    table.add_row(f"teacher {teacher['model']} ({teacher['layers']} layers){reused}", f"{teacher['dev_f1'] * 100:.2f}",
+                  f"{teacher['test_f1'] * 100:.2f}", f"{teacher['params']:,}")
+    table.add_row(f"student ({student['layers']} layers, init={student['init']})", f"{student['dev_f1'] * 100:.2f}",
+                  f"{student['test_f1'] * 100:.2f}", f"{student['params']:,}")
+    out.print(table)
+    per_type = Table(title="student F1 per entity type")
+    per_type.add_column("type")
+    per_type.add_column("dev F1", justify="right")
+    per_type.add_column("test F1", justify="right")
+    for entity, value in student["dev_f1_per_type"].items():
+        per_type.add_row(entity, f"{value * 100:.2f}", f"{student['test_f1_per_type'].get(entity, 0.0) * 100:.2f}")
+    out.print(per_type)
+    distill = summary["distill"]
+    losses = ", ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in summary["losses"].items())
+    out.print(f"setting: T={distill['temperature']:g} alphas(hard/soft/hidden/attn)="
+              f"{'/'.join(f'{a:g}' for a in distill['alphas'])} map={distill['layer_mapping'] or '-'}")
+    out.print(f"last losses: {losses}")
+    out.print(f"retention {summary['retention'] * 100:.1f}% of teacher dev F1, compression {summary['compression']:.2f}x, "
+              f"train-sample F1 {student['train_sample_f1'] * 100:.2f}, diagnosis: {summary['diagnosis']} "
+              f"({summary['advice']})")
+    out.print(f"{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, wall time {summary['wall_seconds']:.1f} s")
