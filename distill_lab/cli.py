@@ -99,6 +99,7 @@ def run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     _quiet_libraries()
     from distill_lab.pipeline import run_distillation
     from distill_lab.progress import StageProgress
+    from distill_lab.study_runner import print_run_summary
 
     # Bars only on a terminal: redirected, rich prints their final state, and a failed run's
     # stderr must stay the one error line.
@@ -108,8 +109,6 @@ def run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    from distill_lab.study_runner import print_run_summary
-
     print_run_summary(summary, out)
 
 

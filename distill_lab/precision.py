@@ -14,7 +14,7 @@ from typing import ContextManager
 
 import torch
 
-from distill_lab.errors import TrialError
+from distill_lab.errors import SpecError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,13 +34,13 @@ def cpu_has_native_bf16() -> bool:
 def resolve(name: str, device: torch.device) -> str:
     """The precision a run really uses on `device`: 'fp32', 'bf16' or 'fp16'."""
     if name not in PRECISIONS:
-        raise TrialError(f"training.precision: {name!r} is not one of {', '.join(PRECISIONS)}")
+        raise SpecError(f"training.precision: {name!r} is not one of {', '.join(PRECISIONS)}")
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise TrialError("training.precision 'fp16' needs a CUDA device (use 'bf16' or 'auto' on CPU)")
+        raise SpecError("training.precision 'fp16' needs a CUDA device (use 'bf16' or 'auto' on CPU)")
     return name
 
 

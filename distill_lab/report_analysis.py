@@ -19,9 +19,9 @@ from distill_lab.report_table import experiment_table, render, seed_rows, update
 from distill_lab.records import UnknownStudyError, load_records, load_runs
 
 
-def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = True,
+def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = False,
                          n_bootstrap: int = 2000) -> list[tuple[str, Any]]:
-    """Per study that searched distill.temperature: its fit (and the PNG/JSON on the parent run)."""
+    """Per study that searched distill.temperature: its fit (the PNG/JSON on the parent run only if asked)."""
     rows = seed_rows(runs)
     results = []
     if rows.empty or "temperature" not in rows:
@@ -166,7 +166,7 @@ def _t_star_interval(interval: tuple[float, float] | None) -> str:
     return f"[{low:.2f}, {high:.2f}]"
 
 
-def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = True) -> str:
+def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = False) -> str:
     parts = []
     for study, fit in temperature_sections(runs, tracking_uri, log_to_parent=log_to_parent):
         ci = _t_star_interval(fit.t_star_ci)

@@ -1,4 +1,5 @@
-"""The study commands' front ends: coordinator with progress bars, worker, status, trial rerun."""
+"""The rich front ends of the run and study commands: one run's summary, the study coordinator with
+progress bars, worker, status, best, trial rerun."""
 
 from __future__ import annotations
 

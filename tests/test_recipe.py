@@ -11,7 +11,7 @@ from distill_lab import precision
 from distill_lab.data.align import bucketed_batches, encode_sentences, random_batches
 from distill_lab.distill import losses
 from distill_lab.distill.engine import Objective, TrainRecipe, train
-from distill_lab.errors import TrialError
+from distill_lab.errors import SpecError, TrialError
 from distill_lab.evaluation import evaluate
 from distill_lab.spec import parse_spec
 from tests.test_pipeline import HAND_LABELS, LABEL2ID, SENTENCES, _classifier, _tokenizer
@@ -110,9 +110,9 @@ def test_precision_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert precision.resolve("fp32", cpu) == "fp32"
     assert precision.resolve("bf16", cpu) == "bf16"
-    with pytest.raises(TrialError, match="'fp16' needs a CUDA device"):
+    with pytest.raises(SpecError, match=r"^training.precision 'fp16' needs a CUDA device \(use 'bf16' or 'auto' on CPU\)$"):
         precision.resolve("fp16", cpu)
-    with pytest.raises(TrialError, match="'fp8' is not one of"):
+    with pytest.raises(SpecError, match="^training.precision: 'fp8' is not one of fp32, bf16, fp16, auto$"):
         precision.resolve("fp8", cpu)
     for native, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)

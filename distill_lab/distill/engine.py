@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
 from distill_lab.data.align import EncodedSplit, bucketed_batches, gather_words, random_batches
@@ -248,12 +249,14 @@ def _evaluate(model: nn.Module, dev_split: EncodedSplit, labels: Sequence[str], 
     return metrics, best_state
 
 
-def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, labels: Sequence[str],
-          recipe: TrainRecipe, objective: Objective, *, device: torch.device | None = None,
-          on_eval: OnEval | None = None, progress: Progress | None = None) -> TrainResult:
-    """Train `model` on `train_split`, evaluating on `dev_split`; the best dev-F1 weights are kept."""
-    device = device or torch.device("cpu")
-    if len(train_split) == 0:  # the epoch loop below would never end
+def _prepare(model: nn.Module, train_split: EncodedSplit, recipe: TrainRecipe, objective: Objective,
+             device: torch.device) -> tuple[torch.optim.Optimizer, list[nn.Parameter], LRScheduler, int, Objective]:
+    """Setup: refuse what cannot train, seed, place the model, build the optimizer and schedule.
+
+    Returns the optimizer, its parameters, the scheduler, the total step count and the objective
+    (with its reference word count for loss_normalization 'fixed_tokens').
+    """
+    if len(train_split) == 0:  # the epoch loop would never end
         raise TrialError("the training split has no sentences; nothing to train on")
     if recipe.lr_schedule not in SCHEDULES:
         raise TrialError(f"lr_schedule {recipe.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
@@ -269,6 +272,15 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
     if recipe.loss_normalization == "fixed_tokens":
         objective = dataclasses.replace(
             objective, reference_words=sum(len(e.word_positions) for e in train_split.encoded) / batches_per_epoch)
+    return optimizer, trainable, scheduler, total_steps, objective
+
+
+def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, labels: Sequence[str],
+          recipe: TrainRecipe, objective: Objective, *, device: torch.device | None = None,
+          on_eval: OnEval | None = None, progress: Progress | None = None) -> TrainResult:
+    """Train `model` on `train_split`, evaluating on `dev_split`; the best dev-F1 weights are kept."""
+    device = device or torch.device("cpu")
+    optimizer, trainable, scheduler, total_steps, objective = _prepare(model, train_split, recipe, objective, device)
     batches = bucketed_batches if recipe.batching == "length_buckets" else random_batches
     result = TrainResult(best_dev_f1=-1.0, best_step=0, steps=0, checkpoint=recipe.checkpoint)
     best_state: dict[str, torch.Tensor] | None = None

@@ -133,7 +133,7 @@ def parse_spec(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
         spec = StudySpec.model_validate(tree)
     except ValidationError as err:
         raise SpecError(_format_validation_error(err, source)) from None
-    spec._written = written
+    spec.keep_written(written)
     # Search-space paths must point at real config fields: resolve once with sample values.
     for path, param in spec.study.search_space.items():
         try:

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from distill_lab.errors import SpecError
 
@@ -376,6 +369,11 @@ class StudySpec(_Model):
         """The spec as written, `${VAR}` references unexpanded, so no secret from the environment is
         stored or shown; the expanded values only for a spec that was not read from text."""
         return self._written if self._written is not None else self.model_dump(mode="json")
+
+    def keep_written(self, written: dict[str, Any]) -> "StudySpec":
+        """Remember the text this spec was parsed from (overrides applied, `${VAR}` unexpanded)."""
+        self._written = written
+        return self
 
     @model_validator(mode="after")
     def _search_space_paths(self) -> "StudySpec":
