@@ -211,7 +211,6 @@ def export(study_or_spec: str = typer.Argument(..., help="A study name or its sp
 
     _quiet_libraries()
     from distill_lab.student_export import export_trial
-
     exported = export_trial(study_name(study_or_spec), out_dir, trial_number=trial, run_id=run_id,
                             best=best or (trial is None and run_id is None), storage_url=storage,
                             tracking_uri=tracking_uri, register=register)

@@ -171,8 +171,7 @@ class TrainingSpec(OptimisationSpec):
     # as much as one of 40-word sentences; fixed_tokens: sum over words / the epoch's mean words
     # per batch (every word weighs the same; same scale as batch_mean on average).
     loss_normalization: Literal["batch_mean", "fixed_tokens"] = "batch_mean"
-    # Dev sentences timed (batch 32, student and teacher alternating) for the speedup column; 0 = off.
-    speed_sentences: int = Field(256, ge=0)
+    speed_sentences: int = Field(256, ge=0)  # dev sentences timed for the speedup column (speed.py); 0 = off
 
     @field_validator("teacher_cache", mode="before")
     @classmethod
