@@ -224,7 +224,9 @@ def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
     study = driver.load_study(name, storage_url)
     table = Table(title=f"study {name} ({mask_url(storage_url)})")
     for column in ("#", "state", "params", "dev F1", "MLflow run", "seconds", "reason"):
-        table.add_column(column, overflow="fold")
+        # A run id is what one copies into the MLflow UI: never wrapped; params fold, reasons are cut.
+        table.add_column(column, no_wrap=column == "MLflow run", min_width=32 if column == "MLflow run" else None,
+                         overflow="ellipsis" if column == "reason" else "fold")
     for row in driver.trials_table(study):
         value = f"{row['value'] * 100:.2f}" if row["value"] is not None else "-"
         seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"

@@ -326,3 +326,31 @@ def test_cli_run_prints_summary_table(tmp_path, capfd):
     assert "distill-lab run: tiny" in out
     assert "student F1 per entity type" in out
     assert "2 steps" in out  # ceil(0.5 * 3)
+
+
+def test_study_status_keeps_each_run_id_on_one_line_at_80_columns(tmp_path):
+    import io
+
+    import optuna
+    from rich.console import Console
+
+    from distill_lab.study.storage import open_storage
+    from distill_lab.study_runner import print_status
+
+    journal = str(tmp_path / "status.journal")
+    study = optuna.create_study(study_name="status_study", storage=open_storage(journal))
+    run_ids = []
+    for number in range(3):
+        trial = study.ask()
+        trial.suggest_float("distill.temperature", 1.0, 24.0)
+        trial.suggest_categorical("distill.layer_mapping.strategy", ["uniform", "many_to_one", "last"])
+        run_ids.append(f"{number:02d}" + "a1b2c3d4" * 3 + "e5f6a7")  # 32 hex characters, like MLflow's
+        trial.set_user_attr("mlflow_run_id", run_ids[-1])
+        trial.set_user_attr("fail_reason", "TrialError: loss became nan at step 12 (lower the learning rate?) " * 2)
+        study.tell(trial, 0.5 + number / 10)
+    buffer = io.StringIO()
+    print_status("status_study", journal, Console(file=buffer, width=80))
+    text = buffer.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for run_id in run_ids:
+        assert run_id in text  # whole, on one line
