@@ -131,7 +131,7 @@ def build(study: str, tracking_uri: str, out_dir: Path) -> dict[str, Path]:
         raise DistillLabError(f"--out {out_dir}: cannot create directory ({err.strerror})") from None
     written: dict[str, Path] = {}
     figures = []
-    fits = temperature_sections(runs, tracking_uri, log_to_parent=False, n_bootstrap=1000)
+    fits = temperature_sections(runs, tracking_uri, log_to_parent=False)  # the report's own fit: one T* answer
     for _, fit in fits:
         figures.append(temperature_plot(fit, rows))
         written["temperature_png"] = _save_temperature_png(fit, out_dir / "temperature_curve.png")

@@ -177,3 +177,21 @@ def test_browser_screenshot_is_not_blank(rendered):
     assert colours is not None and len(colours) > 200, "the page rendered (nearly) one colour"
     assert max(stddev) > 20, f"pixel std {stddev}: a blank page"
     assert top_colours is not None and len(top_colours) > 100  # the plots, not just the table, are drawn
+
+
+def test_dashboard_and_report_give_the_same_temperature_fit(tmp_path, monkeypatch):
+    from distill_lab import dashboard
+    from distill_lab.records import load_runs
+    from distill_lab.report_analysis import temperature_sections
+
+    uri = new_store(tmp_path / "store")
+    log_fake_study(uri, STUDY, score=concave_score(t_star=5.0), rng_seed=7)
+    drawn = []
+    real_plot = dashboard.temperature_plot
+    monkeypatch.setattr(dashboard, "temperature_plot", lambda fit, rows: drawn.append(fit) or real_plot(fit, rows))
+    dashboard.build(STUDY, uri, tmp_path / "site")
+    (_, reported), = temperature_sections(load_runs(uri, [STUDY]), uri, log_to_parent=False)
+    (shown,) = drawn
+    assert (shown.t_star, shown.t_star_ci, shown.curvature_ci, shown.verdict) == \
+        (reported.t_star, reported.t_star_ci, reported.curvature_ci, reported.verdict)
+    assert shown.bootstrap == reported.bootstrap == 2000
