@@ -101,9 +101,9 @@ def run(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     from distill_lab.progress import StageProgress
     from distill_lab.study_runner import print_run_summary
 
-    # Bars only on a terminal: redirected, rich prints their final state, and a failed run's
-    # stderr must stay the one error line.
-    with StageProgress(console, enabled=sys.stderr.isatty()) as progress:
+    # Bars only on a terminal (a failed run's stderr must stay one line); redirected, stage lines on stdout.
+    lines = None if as_json or out.is_terminal else out
+    with StageProgress(console, enabled=sys.stderr.isatty(), lines=lines) as progress:
         result = run_distillation(config, stage=progress.update)
     summary = result.summary()
     if as_json:

@@ -9,14 +9,40 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-class StageProgress:
-    """One bar per stage name; `update(stage, done, total)` is the pipeline's stage callback."""
+class StageLines:
+    """Plain timestamped stage lines for a console that is not a terminal: at a stage's start, every
+    10 % of its steps and at its end (a stage restarts when `done` drops back to 1)."""
 
-    def __init__(self, console: Console, *, enabled: bool = True, transient: bool = False):
+    def __init__(self, console: Console, clock: Any = None):
+        self._console, self._clock = console, clock or time.monotonic
+        self._started = self._clock()
+        self._marks: dict[str, int] = {}
+
+    def line(self, text: str) -> None:
+        self._console.print(f"[{_clock(self._clock() - self._started)}] {text}", highlight=False, markup=False,
+                            soft_wrap=True)
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        tenth = max(1, total // 10)
+        mark = 0 if done <= 1 else done // tenth
+        if done <= 1 or done >= total or mark > self._marks.get(name, 0):
+            self._marks[name] = 0 if done >= total else mark
+            self.line(f"{name}: {done}/{total} steps")
+
+
+class StageProgress:
+    """One bar per stage name; `update(stage, done, total)` is the pipeline's stage callback.
+
+    `lines`: a console to print plain stage lines to instead (stdout redirected: CI, nohup, pipes).
+    """
+
+    def __init__(self, console: Console, *, enabled: bool = True, transient: bool = False,
+                 lines: Console | None = None, clock: Any = None):
         self._progress = Progress(
             TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled, transient=transient)
         self._tasks: dict[str, Any] = {}
+        self._lines = StageLines(lines, clock) if lines is not None else None
 
     def __enter__(self) -> "StageProgress":
         self._progress.__enter__()
@@ -26,6 +52,8 @@ class StageProgress:
         self._progress.__exit__(*exc)
 
     def update(self, stage: str, done: int, total: int) -> None:
+        if self._lines is not None:
+            self._lines.stage(stage, done, total)
         if stage not in self._tasks:
             self._tasks[stage] = self._progress.add_task(stage, total=total)
         self._progress.update(self._tasks[stage], completed=done, total=total)
@@ -49,7 +77,7 @@ class StudyProgress:
         self._started, self._first = self._clock(), finished
         self._last_finished = finished
         self._lines = not console.is_terminal
-        self._stage_marks: dict[str, int] = {}
+        self._stage_lines = StageLines(console, self._clock)
         self._progress = Progress(
             TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=self._lines)
@@ -66,8 +94,7 @@ class StudyProgress:
         self._progress.__exit__(*exc)
 
     def _line(self, text: str) -> None:
-        self._console.print(f"[{_clock(self._clock() - self._started)}] {text}", highlight=False, markup=False,
-                            soft_wrap=True)
+        self._stage_lines.line(text)
 
     def study(self, finished: int, info: str) -> None:
         self._progress.update(self._study, completed=finished, info=info)
@@ -86,10 +113,5 @@ class StudyProgress:
         elif done <= 1:
             self._progress.reset(self._stages[name], total=total)
         self._progress.update(self._stages[name], completed=done, total=total)
-        if not self._lines:
-            return
-        tenth = max(1, total // 10)
-        mark = 0 if done <= 1 else done // tenth
-        if done <= 1 or done >= total or mark > self._stage_marks.get(name, 0):
-            self._stage_marks[name] = 0 if done >= total else mark
-            self._line(f"{name}: {done}/{total} steps")
+        if self._lines:
+            self._stage_lines.stage(name, done, total)

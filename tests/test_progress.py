@@ -44,3 +44,22 @@ def test_a_terminal_gets_bars_not_lines():
         progress.stage("distill", 5, 10)
         progress.study(1, "done 1")
     assert "trials finished" not in out.getvalue() and "study grid" in out.getvalue()
+
+
+def test_a_single_run_redirected_prints_stage_lines_and_no_bars():
+    from distill_lab.progress import StageProgress
+
+    bars, lines, clock = io.StringIO(), io.StringIO(), Clock()
+    with StageProgress(Console(file=bars, width=120), enabled=False, lines=Console(file=lines, width=120),
+                       clock=clock) as progress:
+        for done in range(1, 51):
+            progress.update("teacher fine-tune", done, 50)
+        clock.now += 75
+        for done in range(1, 21):
+            progress.update("distill", done, 20)
+    assert bars.getvalue() == ""
+    text = lines.getvalue().splitlines()
+    assert text[0] == "[0:00:00] teacher fine-tune: 1/50 steps"
+    assert [line.split("] ")[1] for line in text if "teacher" in line] == \
+        [f"teacher fine-tune: {n}/50 steps" for n in (1, *range(5, 51, 5))]
+    assert [line for line in text if "distill" in line][-1] == "[0:01:15] distill: 20/20 steps"
