@@ -10,7 +10,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import textbrewer_bench as bench
-from distill_lab import report, report_analysis
+from distill_lab import report_analysis
+from distill_lab import report_table as report
 from distill_lab import records as tracked
 from distill_lab.tracking import Tracker
 
