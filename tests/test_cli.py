@@ -354,3 +354,40 @@ def test_study_status_keeps_each_run_id_on_one_line_at_80_columns(tmp_path):
     assert max(len(line) for line in text.splitlines()) <= 80
     for run_id in run_ids:
         assert run_id in text  # whole, on one line
+
+
+def _glitched_conll(directory: Path) -> None:
+    """CoNLL files as public corpora ship them: a BOM line, a zero-width-space line, a BOM glued to the
+    first token and a word of one control character that the tokenizer turns into no token."""
+    sentences = [("EU B-ORG", "rejects O", "German B-MISC", "call O"),
+                 ("Peter B-PER", "Blackburn I-PER", "visited O", "Paris B-LOC"),
+                 ("Mary B-PER", "met O", "Acme B-ORG", "in O", "Berlin B-LOC")]
+    directory.mkdir()
+    for name, count in (("train", 40), ("dev", 12), ("test", 12)):
+        lines: list[str] = []
+        for index in range(count):
+            lines += [*sentences[index % 3], ""] + (["\ufeff"] if index == 3 else []) + (["\u200b \u200d"] if index == 5 else [])
+        lines[0] = "\ufeff" + lines[0]
+        lines.insert(6, "\u0007 O")
+        (directory / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_installed_run_reads_a_glitched_conll_file_and_says_what_it_repaired(tmp_path):
+    _glitched_conll(tmp_path / "conll")
+    spec = tmp_path / "glitch.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "glitch", "data": {"source": "conll", "path": str(tmp_path / "conll"), "max_length": 32,
+                                   "train_sample_size": 8},
+        "teacher": {"model": "tiny-bert", "finetune": {"epochs": 1, "learning_rate": 3.0e-3, "batch_size": 16}},
+        "student": {"from_teacher": {"num_layers": 2}},
+        "training": {"epochs": 1, "learning_rate": 1.0e-3, "batch_size": 16, "device": "cpu", "speed_sentences": 0},
+        "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5}}))
+    env = {**os.environ, "DISTILL_LAB_HOME": str(tmp_path / "home")}
+    done = subprocess.run([str(INSTALLED), "run", str(spec), "--json"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for split in ("train", "dev", "test"):  # the BOM line and the zero-width line (a file-leading BOM is the encoding's)
+        assert f"{split}.txt: 2 line(s) with invisible characters" in done.stderr
+    assert "1 word(s) the tokenizer turns into no token (e.g. '\\x07') are read as [UNK]" in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["steps"] == 3  # 40 training sentences at batch 16, none dropped
