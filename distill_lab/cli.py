@@ -62,7 +62,7 @@ def _quiet_libraries() -> None:
 def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
              overrides: Optional[list[str]] = SetOption) -> None:
     """Check a spec and print the resolved run config."""
-    from distill_lab import search_space
+    from distill_lab import precision, search_space
     from distill_lab.data.loader import check_data
     from distill_lab.models import resolve_reference
     from distill_lab.plan import load_plan
@@ -76,7 +76,7 @@ def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
         _quiet_libraries()
         plan = load_plan(config)
         out.print(f"models: teacher {plan.n_teacher} layers, student {plan.n_student} layers")
-        for note in plan.notes:
+        for note in (*plan.notes, *precision.notes(config.training)):
             out.print(f"note: {note}", markup=False, soft_wrap=True)
     else:
         out.print("models: hub teacher, layer checks happen when the run loads it")

@@ -8,14 +8,16 @@ computed in fp32 whatever the forward ran in).
 from __future__ import annotations
 
 import contextlib
+import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import torch
 
 from distill_lab.errors import SpecError
 
+log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,10 +33,27 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+EMULATED_BF16 = ("training.precision bf16 on a CPU without native bf16 units (no amx_bf16 / avx512_bf16 in "
+                 "/proc/cpuinfo): bf16 is emulated there and many times SLOWER than fp32; 'auto' picks fp32 on it")
+
+
+def notes(training: Any) -> tuple[str, ...]:
+    """What `validate` should say about the spec's precision on this machine (nothing when it fits)."""
+    device = training.device if training.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return (EMULATED_BF16,) if training.precision == "bf16" and device == "cpu" and not cpu_has_native_bf16() else ()
+
+
+@lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
 def resolve(name: str, device: torch.device) -> str:
     """The precision a run really uses on `device`: 'fp32', 'bf16' or 'fp16'."""
     if name not in PRECISIONS:
         raise SpecError(f"training.precision: {name!r} is not one of {', '.join(PRECISIONS)}")
+    if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        _warn_once(EMULATED_BF16)  # measured on such a CPU: docs/benchmarks.md, "bench precision"
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"

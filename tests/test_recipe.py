@@ -157,3 +157,22 @@ def test_spec_accepts_the_recipe_options_and_rejects_typos():
     from distill_lab.errors import SpecError
     with pytest.raises(SpecError, match="training.precision: got 'bf32'"):
         parse_spec({"name": "r", "training": {"precision": "bf32"}})
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_said_once_and_by_validate(monkeypatch, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    precision._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="distill_lab.precision"):
+        for _ in range(3):  # every seed of every trial resolves it: one line, not one per run
+            assert precision.resolve("bf16", cpu) == "bf16"  # still honoured: the user asked for it
+        precision.resolve("fp32", cpu)
+    assert [r.message for r in caplog.records] == [precision.EMULATED_BF16]
+    training = SimpleNamespace(precision="bf16", device="cpu")
+    assert precision.notes(training) == (precision.EMULATED_BF16,)
+    assert precision.notes(SimpleNamespace(precision="auto", device="cpu")) == ()
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.notes(training) == ()
