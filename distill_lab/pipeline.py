@@ -295,14 +295,23 @@ def _score(config: RunConfig, corpus: NerCorpus, student: torch.nn.Module, split
             "train_sample_f1": sample_scores.f1, "diagnosis": diagnosis, "advice": advice}
 
 
+# Inference speed depends on the models' shapes and inputs, not on their weights: a process measures
+# each (student shape, teacher, device, precision, sentences) once; later seeds and trials reuse it.
+_SPEEDS: dict[tuple[Any, ...], speed.Speed | None] = {}
+
+
 def _speed(config: RunConfig, plan: RunPlan, corpus: NerCorpus, student: torch.nn.Module, teacher: Teacher,
            dev: EncodedSplit, device: torch.device, run_precision: str) -> speed.Speed | None:
     """The student's and the teacher's inference speed on the first dev sentences."""
     count = config.training.speed_sentences
-    teacher_dev = dev if plan.same_tokenizer else encode_sentences(
-        corpus.dev[:count], teacher.tokenizer, label_index(corpus.labels), config.data.max_length)
-    return speed.measure(student, teacher.model, dev, teacher_dev, sentences=count, device=device,
-                         precision=run_precision)
+    key = (student.config.to_json_string(), getattr(student.config, "_attn_implementation", None),
+           teacher.fingerprint, str(device), run_precision, count, hash(tuple(s.tokens for s in corpus.dev[:count])))
+    if key not in _SPEEDS:
+        teacher_dev = dev if plan.same_tokenizer else encode_sentences(
+            corpus.dev[:count], teacher.tokenizer, label_index(corpus.labels), config.data.max_length)
+        _SPEEDS[key] = speed.measure(student, teacher.model, dev, teacher_dev, sentences=count, device=device,
+                                     precision=run_precision)
+    return _SPEEDS[key]
 
 
 def _train_sample(split: EncodedSplit, size: int, seed: int) -> EncodedSplit:

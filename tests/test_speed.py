@@ -86,3 +86,21 @@ def test_run_records_the_inference_speed_of_student_and_teacher():
     assert summary["speedup"] == pytest.approx(summary["student_sentences_per_s"] / summary["teacher_sentences_per_s"])
     spec["training"]["speed_sentences"] = 0
     assert run_distillation(resolve(parse_spec(spec))).summary()["inference"] is None
+
+
+def test_a_process_measures_each_student_shape_once(monkeypatch):
+    from distill_lab import pipeline
+
+    monkeypatch.setattr(pipeline, "_SPEEDS", {})
+    calls = []
+    real = speed.measure
+    monkeypatch.setattr(speed, "measure", lambda *args, **kwargs: calls.append(kwargs["sentences"]) or real(*args, **kwargs))
+    spec = tiny_run("speed_once")
+    spec["training"]["speed_sentences"] = 16
+    first, second = (run_distillation(resolve(parse_spec({**spec, "training": {**spec["training"], "seed": seed}})))
+                     for seed in (1, 2))
+    assert calls == [16]  # the second seed's student has the same shape: its speed is not measured again
+    assert second.inference_speed == first.inference_speed
+    spec["student"] = {"from_teacher": {"num_layers": 1}, "init": {"strategy": "teacher", "layers": "uniform"}}
+    run_distillation(resolve(parse_spec(spec)))
+    assert calls == [16, 16]  # another shape: measured
