@@ -10,19 +10,9 @@ from seqeval.metrics.sequence_labeling import get_entities
 from transformers import AutoModelForTokenClassification
 
 import distill_lab
+from tiny_specs import tiny_study
 
-TINY = {
-    "name": "api_study",
-    "data": {"source": "synthetic", "synthetic": {"n_train": 60, "n_dev": 20, "n_test": 20, "seed": 0},
-             "max_length": 32, "train_sample_size": 20},
-    "teacher": {"model": "tiny-bert", "finetune": {"epochs": 4, "learning_rate": 1.0e-2, "batch_size": 16}},
-    "student": {"from_teacher": {"num_layers": 2}},
-    "training": {"epochs": 2, "learning_rate": 1.0e-2, "batch_size": 16, "eval_every": 2, "device": "cpu",
-                 "num_threads": 1},
-    "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5},
-    "study": {"n_trials": 2, "sampler": "random", "sampler_seed": 0,
-              "search_space": {"distill.temperature": {"type": "float", "low": 1.0, "high": 8.0}}},
-}
+TINY = tiny_study("api_study", n_trials=2)
 
 
 def test_api_exposes_its_names_without_importing_torch():

@@ -24,22 +24,12 @@ from distill_lab.spec import parse_spec
 from distill_lab.student_card import save_student, student_pipeline
 from distill_lab.study_runner import run_study, study_context
 from distill_lab.tracking import using_tracking_uri
+from tiny_specs import tiny_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 # A student that learns a little in a few steps (as tests/test_study.py's), two trials, two seeds.
-SPEC = {
-    "name": "export_study",
-    "data": {"source": "synthetic", "synthetic": {"n_train": 60, "n_dev": 20, "n_test": 20, "seed": 0},
-             "max_length": 32, "train_sample_size": 20},
-    "teacher": {"model": "tiny-bert", "finetune": {"epochs": 4, "learning_rate": 1.0e-2, "batch_size": 16}},
-    "student": {"from_teacher": {"num_layers": 2}},
-    "training": {"epochs": 2, "learning_rate": 1.0e-2, "batch_size": 16, "eval_every": 2, "device": "cpu",
-                 "num_threads": 1},
-    "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5},
-    "study": {"n_trials": 2, "sampler": "random", "sampler_seed": 0, "seeds": [5, 6],
-              "search_space": {"distill.temperature": {"type": "float", "low": 1.0, "high": 8.0}}},
-}
+SPEC = tiny_study("export_study", n_trials=2, seeds=[5, 6])
 
 
 @pytest.fixture

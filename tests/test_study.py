@@ -36,22 +36,13 @@ from distill_lab.spec import parse_spec, set_dotted
 from distill_lab.signals import reset_interrupts
 from distill_lab.study_runner import run_study
 from distill_lab.tracking import PARENT_TAG, Tracker
+from tiny_specs import tiny_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # A teacher and student that learn a little in a few steps, so F1 values are not all 0.
-BASE: dict[str, Any] = {
-    "name": "unit_study",
-    "data": {"source": "synthetic", "synthetic": {"n_train": 60, "n_dev": 20, "n_test": 20, "seed": 0},
-             "max_length": 32, "train_sample_size": 20},
-    "teacher": {"model": "tiny-bert", "finetune": {"epochs": 4, "learning_rate": 1.0e-2, "batch_size": 16}},
-    "student": {"from_teacher": {"num_layers": 2}},
-    "training": {"epochs": 2, "learning_rate": 1.0e-2, "batch_size": 16, "eval_every": 2, "device": "cpu",
-                 "num_threads": 1},
-    "distill": {"temperature": 2.0, "alpha_hard": 0.5, "alpha_soft": 0.5},
-    "study": {"n_trials": 3, "sampler": "random", "sampler_seed": 0, "pruner": "none",
-              "search_space": {"distill.temperature": {"type": "float", "low": 1.0, "high": 8.0, "log": True}}},
-}
+BASE: dict[str, Any] = tiny_study("unit_study", pruner="none", search_space={
+    "distill.temperature": {"type": "float", "low": 1.0, "high": 8.0, "log": True}})
 STEP_METRICS = ("dev_f1", "loss_total", "loss_hard", "loss_soft", "learning_rate")
 FINAL_METRICS = ("best_dev_f1", "test_f1", "train_sample_f1", "teacher_dev_f1", "retention", "student_params",
                  "teacher_params", "compression", "tokens_per_second", "wall_seconds", "student_sentences_per_s",
