@@ -40,6 +40,10 @@ def setting(config: RunConfig) -> str:
     augment = getattr(data, "augment", None)
     if augment is not None and getattr(augment, "copies", 0):
         text += f" aug={augment.copies}"
+    corrupted = getattr(data, "corrupt", None)
+    if corrupted is not None:
+        text += "".join(f" drop={kind}" for kind in corrupted.drop_types)
+        text += f" shuffled={corrupted.shuffle_labels:g}" if corrupted.shuffle_labels else ""
     return text
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from distill_lab.data.augment import augment, read_unlabeled
 from distill_lab.data.conll import load_conll_dir, split_files
 from distill_lab.data.corpus import NerCorpus, Sentence
+from distill_lab.data.corrupt import corrupt
 from distill_lab.data.hub import load_hub_dataset
 from distill_lab.data.synthetic import generate_corpus
 from distill_lab.errors import DataError
@@ -38,13 +39,16 @@ def load_corpus(spec: DataSpec) -> NerCorpus:
             raise DataError(f"{where}: the {split} split has no sentences")
         limit = limits.get(split)
         limited[split] = list(sentences[:limit] if limit else sentences)
+    gold_train = limited["train"]
+    if spec.corrupt is not None:  # induced failures: the training split only
+        limited["train"] = corrupt(gold_train, spec.corrupt)
     corpus = NerCorpus.from_splits(limited)
     transfer = spec.transfer
     if transfer is None:
         return corpus
     if transfer.from_train_remainder:
         # "Little gold data, much raw text": the rest of the train split, its labels dropped.
-        remainder = splits["train"][len(limited["train"]):]
+        remainder = splits["train"][len(gold_train):]
         if not remainder:
             raise DataError("data.transfer.from_train_remainder: the train split has no sentences beyond "
                             "max_train_sentences (lower max_train_sentences)")

@@ -4,48 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from distill_lab.errors import SpecError
-
-
-class _Model(BaseModel):
-    # extra="forbid": pydantic silently drops unknown keys otherwise, hiding typos in specs.
-    # allow_inf_nan=False: `.inf` / `.nan` in a spec (or --set) is refused, not trained with.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+from distill_lab.spec.base import Model as _Model
+from distill_lab.spec.data_schema import AugmentSpec, CorruptSpec, SyntheticSpec, TransferSpec
 
 
 # --------------------------------------------------------------------------- data
-class SyntheticSpec(_Model):
-    n_train: int = Field(600, ge=1)
-    n_dev: int = Field(200, ge=1)
-    n_test: int = Field(200, ge=1)
-    seed: int = 0
-
-
-class TransferSpec(_Model):
-    """Extra unlabeled sentences used only for the teacher (soft) and intermediate losses."""
-
-    path: str | None = None
-    from_train_remainder: bool = False
-    max_sentences: int | None = Field(None, ge=1)
-    ratio: float = Field(1.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "TransferSpec":
-        if bool(self.path) == self.from_train_remainder:
-            raise ValueError("set exactly one of 'path' or 'from_train_remainder: true'")
-        return self
-
-
-class AugmentSpec(_Model):
-    """Entity-mention swap (same-type mentions from the training data), optional O-token noise."""
-
-    copies: int = Field(1, ge=0)
-    o_noise: float = Field(0.0, ge=0, le=1)
-    seed: int = 0
-
-
 class DataSpec(_Model):
     source: Literal["synthetic", "conll", "hub"] = "synthetic"
     path: str | None = None  # conll: a directory with train/dev/test files
@@ -61,6 +27,7 @@ class DataSpec(_Model):
     trust_remote_code: bool = False
     transfer: TransferSpec | None = None
     augment: AugmentSpec | None = None
+    corrupt: CorruptSpec | None = None  # induced failures (training split only)
 
     @model_validator(mode="after")
     def _source_fields(self) -> "DataSpec":
