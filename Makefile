@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 DATA_DIR ?= $(or $(DISTILL_LAB_DATA_DIR),../shared/data)
 
-.PHONY: install demo run test results results-history results-headline report-records ui clean
+.PHONY: install demo run test results results-history results-headline results-claims report-records ui clean
 
 install: $(STAMP)
 
@@ -35,7 +35,7 @@ test: $(STAMP)
 
 # Regenerate the measured results in docs/results.md from scratch (needs the CoNLL-2003 files:
 # DISTILL_LAB_DATA_DIR/conll2003). Runs in results/ (its own Optuna journal and MLflow store).
-results: results-history results-headline
+results: results-history results-headline results-claims
 
 # The headline studies under the peers' recipe, the init factorial, TextBrewer's recipe with its
 # no-KD twin (3 seeds each), their run records (results/records, committed) and the page rebuilt
@@ -51,6 +51,18 @@ results-headline: $(STAMP)
 	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/python ../bench/textbrewer_bench.py recipe \
 		--spec ../studies/headline_teacher.yaml --seeds 1 2 3
 	cd results && ../$(BIN)/distill-lab records export $(HEADLINE) textbrewer_recipe --out records
+	$(MAKE) report-records
+
+# The seed's claims on induced failures (the diagnosis mind-map) and the fp32 / bf16 gate of
+# `precision: auto`: 2,000-sentence and 50-sentence studies, their records, the page from them.
+# Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
+CLAIMS := diagnosis_overfit diagnosis_data precision_check
+results-claims: $(STAMP)
+	mkdir -p results
+	for study in $(CLAIMS); do \
+		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$study.yaml) || exit 1; \
+	done
+	cd results && ../$(BIN)/distill-lab records export $(CLAIMS) --out records
 	$(MAKE) report-records
 
 # Rebuild docs/results.md's record-backed regions from the committed run records alone (seconds).
