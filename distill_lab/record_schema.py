@@ -48,7 +48,8 @@ _TRIAL_COLUMNS = {
     "metrics.teacher_dev_f1": "teacher_dev_f1", "metrics.student_params": "student_params",
     "metrics.compression": "compression", "metrics.speedup": "speedup", "params.distill.temperature": "temperature",
     "params.distill.alpha_soft": "alpha_soft", "params.distill.alpha_hidden": "alpha_hidden",
-    "params.distill.alpha_attention": "alpha_attention",
+    "params.distill.alpha_attention": "alpha_attention", "tags.precision": "precision",
+    "params.optuna.params": "sampled",
 }
 _NUMERIC = ("teacher_dev_f1", "student_params", "compression", "speedup", "temperature", "alpha_soft",
             "alpha_hidden", "alpha_attention")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import json
+
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -47,7 +49,7 @@ class GroupSection:
     """One study's comparison of one factor, within each stratum of the other arms it varied."""
 
     study: str
-    factor: str  # mapping | init | setting
+    factor: str  # mapping | init | setting, or a searched grid key (e.g. data.corrupt)
     reference: str
     strata: list[str]  # the other varied columns; empty when nothing else varied
     comparisons: list[tuple[tuple[Any, ...], Any]]  # (stratum values, GroupComparison)
@@ -74,16 +76,18 @@ def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
         searched = _searched(runs, study)
         factors = []
         if "distill.layer_mapping" in searched and group["mapping"].nunique() > 1:
-            factors.append(("mapping", "uniform"))
+            factors.append(("mapping", "uniform", _ARM_COLUMNS))
         if searched & {"student.init", "student.init.strategy"} and group["init"].nunique() > 1:
-            factors.append(("init", "pretrained weights"))
+            factors.append(("init", "pretrained weights", _ARM_COLUMNS))
         plain = group.loc[~group["kd"], "setting"].dropna().unique()
         if len(plain) == 1 and group["kd"].any():
-            factors.append(("setting", str(plain[0])))
-        for factor, reference in factors:
+            factors.append(("setting", str(plain[0]), _ARM_COLUMNS))
+        if not factors:  # no KD-vs-no-KD pair, mapping or init search: each grid key against its first value
+            group, factors = _grid_factors(group, StudyRecord.search_space(runs, study) or {})
+        for factor, reference, candidates in factors:
             # A mapping is part of its setting label: neither is a stratum of the other.
             excluded = {factor} | ({"setting", "mapping"} if factor in ("setting", "mapping") else set())
-            strata = [c for c in _ARM_COLUMNS if c not in excluded and group[c].nunique(dropna=False) > 1]
+            strata = [c for c in candidates if c not in excluded and group[c].nunique(dropna=False) > 1]
             filled = group.assign(**{c: group[c].fillna("-") for c in strata})
             parts = filled.groupby(strata, sort=True) if strata else [((), filled)]
             comparisons = []
@@ -99,6 +103,30 @@ def group_sections(runs: pd.DataFrame) -> list[GroupSection]:
                 shown = used.pop() if len(used) == 1 else "the best group of each stratum"
                 sections.append(GroupSection(str(study), factor, shown, strata, comparisons))
     return sections
+
+
+def grid_label(value: Any) -> str:
+    """A grid value as the analysis names it: none, a number, a word, or compact JSON."""
+    if value is None:
+        return "none"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True).replace('"', "")
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _grid_factors(group: pd.DataFrame, space: dict[str, Any]) -> tuple[pd.DataFrame, list[tuple[str, str, Any]]]:
+    """The study's grid keys with 2+ values as columns of `group` (from each run's sampled params),
+    each compared against its FIRST listed value (the spec lists the reference first), within the
+    strata of the other grid keys."""
+    keys = [key for key, param in space.items()
+            if isinstance(param, dict) and param.get("type") == "grid" and len(param.get("values") or ()) > 1
+            and not (key == "distill.temperature" and len(param["values"]) >= 3)]  # the temperature fit's job
+    if not keys or "sampled" not in group or group["sampled"].isna().any():
+        return group, []
+    sampled = group["sampled"].map(json.loads)
+    columns = {key: sampled.map(lambda params, key=key: grid_label(params.get(key))) for key in keys}
+    group = group.assign(**columns)
+    return group, [(key, grid_label(space[key]["values"][0]), tuple(k for k in keys if k != key)) for key in keys]
 
 
 def _add_test_intervals(comparison: Any, stratum: pd.DataFrame) -> None:
@@ -195,7 +223,7 @@ def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: b
         frame = frame.astype(object).where(frame.notna(), "-")
         note = "\nEvery group ran one seed: no noise estimate, so no interval and no verdict.\n" if unreplicated else ""
         within = f", within each {' / '.join(section.strata)}" if section.strata else ""
-        parts.append(f"### {section.study}: dev F1 by {titles[section.factor]}{within} "
+        parts.append(f"### {section.study}: dev F1 by {titles.get(section.factor, section.factor)}{within} "
                      f"(vs {section.reference}, F1 points)\n\n{frame.to_markdown(index=False)}\n{note}")
     return "\n".join(parts) if parts else ("_nothing to analyse: no study has 3 or more distinct temperatures, "
                                            "searched mappings or init strategies, or a no-KD arm beside KD arms_\n")

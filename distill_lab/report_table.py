@@ -40,8 +40,17 @@ RUN_ID_CHARS = 8  # a prefix that finds the run in the MLflow UI's search and in
 
 
 def seed_rows(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (finished trial run, seed) with its best dev F1 and test F1."""
-    return TrialRecord.from_runs(runs)
+    """One row per (finished trial run, seed) with its best dev F1 and test F1.
+
+    Where a study ran arms in more than one precision, the setting says which (the arms would
+    otherwise share one setting label and one table row).
+    """
+    rows = TrialRecord.from_runs(runs)
+    if rows.empty or "precision" not in rows or rows["precision"].isna().all():
+        return rows
+    mixed = rows.groupby("study")["precision"].transform("nunique") > 1
+    rows.loc[mixed, "setting"] = rows.loc[mixed, "setting"] + " " + rows.loc[mixed, "precision"]
+    return rows
 
 
 def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -614,3 +614,45 @@ def test_report_records_errors_are_one_line(tmp_path, monkeypatch, capsys):
     code, _, err = call_cli(monkeypatch, capsys, "report", "--records", str(tmp_path), "--tracking-uri",
                             "sqlite:///x.db")
     assert code == 2 and "choose one" in err
+
+
+# --------------------------------------------------------------------------- generic grid factors
+def test_a_grid_study_without_kd_pair_compares_each_grid_key_with_its_first_value(tmp_path, monkeypatch, capsys):
+    uri = new_store(tmp_path)
+    # Two temperatures only (no curve to fit), T=8 better by 2 points, 3 seeds each.
+    study = log_fake_study(uri, "two_t", temperatures=(4, 8), score=lambda t: 0.80 + (0.02 if t == 8 else 0.0),
+                           noise=0.002, rng_seed=3)
+    (section,) = report_analysis.group_sections(tracked.load_runs(uri))
+    assert (section.study, section.factor, section.reference, section.strata) == ("two_t", "distill.temperature", "4", [])
+    ((_, comparison),) = section.comparisons
+    rows = {row["distill.temperature"]: row for row in comparison.rows}
+    values = study.values.groupby("temperature")["dev_f1"].mean()
+    assert rows["8"]["diff_vs_4"] == pytest.approx(values[8.0] - values[4.0])
+    assert rows["8"]["ci_low"] > 0 and rows["8"]["within_noise"] is False  # 2 points against 0.2 of noise
+    code, out, err = call_cli(monkeypatch, capsys, "report", "--analysis", "--tracking-uri", uri)
+    assert code == 0, err
+    assert "### two_t: dev F1 by distill.temperature (vs 4, F1 points)" in out
+
+
+def test_grid_labels_name_values_as_a_reader_would():
+    assert report_analysis.grid_label(None) == "none"
+    assert report_analysis.grid_label({"drop_types": ["MISC"]}) == "{drop_types:[MISC]}"
+    assert report_analysis.grid_label(2.0) == "2" and report_analysis.grid_label(5) == "5"
+    assert report_analysis.grid_label("bf16") == "bf16"
+
+
+def test_arms_that_differ_only_in_precision_get_their_own_setting(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = new_store(tmp_path)
+    study = log_fake_study(uri, "prec", temperatures=(4,), inits=["teacher", "pretrained"], rng_seed=1)
+    client = MlflowClient(uri)
+    for run_id, precision in zip(study.trial_run_ids, ("fp32", "bf16")):
+        client.set_tag(run_id, "precision", precision)
+    rows = reporting.seed_rows(tracked.load_runs(uri))
+    settings = dict(zip(rows["init"], rows["setting"]))
+    base = study.values["setting"].iloc[0]
+    assert settings == {"fine-tuned teacher weights": f"{base} fp32", "pretrained weights": f"{base} bf16"}
+    log_fake_study(uri, "one_precision", temperatures=(4,), rng_seed=2)  # one precision: names unchanged
+    rows = reporting.seed_rows(tracked.load_runs(uri))
+    assert set(rows.loc[rows["study"] == "one_precision", "setting"]) == {base}
