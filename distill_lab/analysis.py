@@ -197,6 +197,24 @@ def welch_interval(values: np.ndarray, base: np.ndarray, confidence: float = 0.9
     return float(interval.low), float(interval.high)
 
 
+def detectable_difference(values: np.ndarray, base: np.ndarray, *, confidence: float = 0.95,
+                          power: float = 0.8) -> float:
+    """The smallest true difference of means this design detects with `power` (Welch's t, two-sided).
+
+    (t_{1-a/2} + t_{power}) x the standard error of the difference, on Welch-Satterthwaite degrees of
+    freedom from the two arms' own seeds: what an interval containing 0 can still rule out. NaN when
+    a side has fewer than 2 seeds.
+    """
+    if len(values) < 2 or len(base) < 2:
+        return float("nan")
+    va, vb = np.var(values, ddof=1) / len(values), np.var(base, ddof=1) / len(base)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(values) - 1) + vb ** 2 / (len(base) - 1))
+    return float((stats.t.ppf(1 - (1 - confidence) / 2, df) + stats.t.ppf(power, df)) * se)
+
+
 def compare_groups(frame: pd.DataFrame, factor: str, *, reference: str | None = None, score: str = "dev_f1",
                    method: str = "welch", n_bootstrap: int = 2000, seed: int = 0) -> GroupComparison:
     """E.g. mapping strategies (is head<->tail within noise of the best?) or init strategies.
@@ -237,6 +255,7 @@ def compare_groups(frame: pd.DataFrame, factor: str, *, reference: str | None = 
             "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
             f"diff_vs_{reference}": means[name] - means[reference], "ci_low": low, "ci_high": high,
             "within_noise": (bool(low <= 0 <= high) if name != reference else True) if known else None,
+            "mde80": detectable_difference(values, base) if name != reference else float("nan"),
         })
     return GroupComparison(factor, reference, rows)
 

@@ -154,7 +154,7 @@ def section_frame(section: GroupSection) -> pd.DataFrame:
     frames = []
     for key, comparison in section.comparisons:
         frame = comparison.as_frame().rename(columns={f"diff_vs_{comparison.reference}": "diff"})
-        for column in ("mean", "std", "diff", "ci_low", "ci_high", "test_mean", "test_diff", "test_ci_low",
+        for column in ("mean", "std", "diff", "ci_low", "ci_high", "mde80", "test_mean", "test_diff", "test_ci_low",
                        "test_ci_high"):
             if column in frame:
                 frame[column] = (frame[column] * 100).round(2)
@@ -215,7 +215,9 @@ def analysis_markdown(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: b
         parts.append(f"Group comparisons below: {count} difference(s) to a reference arm, each with a 95 % Welch "
                      f"interval from the two arms' own seeds (dev F1; test F1 beside it, read once per arm), "
                      f"none corrected for multiplicity: about {0.05 * count:.1f} of {count} would exclude 0 "
-                     f"by chance alone.\n")
+                     f"by chance alone. `mde80`: the smallest true difference the comparison detects with 80 % "
+                     f"power (Welch, from the two arms' seed stds); an interval containing 0 rules out only "
+                     f"differences larger than it.\n")
     for section in sections:
         frame = section_frame(section)
         frame = frame.rename(columns={"diff": f"diff_vs_{section.reference}"})

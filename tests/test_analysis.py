@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distill_lab.analysis import INTERIOR, compare_groups, fit_temperature
+from distill_lab.analysis import INTERIOR, compare_groups, detectable_difference, fit_temperature
 
 TEMPERATURES = [1, 2, 3, 4, 6, 8, 12, 16, 24]  # the temperature_convexity grid
 SEEDS = 3
@@ -171,3 +171,21 @@ def test_compare_groups_with_one_seed_per_group_gives_no_interval_and_no_verdict
     assert rows["b"]["diff_vs_a"] == pytest.approx(-0.02)
     assert all(np.isnan(row["ci_low"]) and np.isnan(row["ci_high"]) for row in rows.values())
     assert all(row["within_noise"] is None for row in rows.values())
+
+
+def test_detectable_difference_is_welch_power_arithmetic():
+    # Both arms std 1 over 3 seeds: se = sqrt(2/3), Welch df = 4, (t_.975 + t_.8)(4) = 2.7764 + 0.9410.
+    values = np.array([1.0, 2.0, 3.0])
+    assert detectable_difference(values, values + 5) == pytest.approx((2.776445 + 0.940965) * (2 / 3) ** 0.5, rel=1e-5)
+    # Four times the seeds halves the standard error; the t quantiles shrink too.
+    many = np.tile(values, 4)
+    assert detectable_difference(many, many) < 0.5 * detectable_difference(values, values)
+    assert np.isnan(detectable_difference(values[:1], values))
+    assert detectable_difference(np.ones(3), np.ones(3)) == 0.0
+
+
+def test_compare_groups_gives_each_non_reference_row_its_detectable_difference():
+    frame = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 3, "dev_f1": [0.80, 0.81, 0.82, 0.85, 0.86, 0.87]})
+    rows = {row["arm"]: row for row in compare_groups(frame, "arm", reference="a").rows}
+    assert np.isnan(rows["a"]["mde80"])
+    assert rows["b"]["mde80"] == pytest.approx((2.776445 + 0.940965) * (2 * 0.0001 / 3) ** 0.5, rel=1e-4)
