@@ -27,7 +27,9 @@ from distill_lab.report_table import seed_rows  # noqa: E402
 
 def arm_scores(rows, arm: str) -> tuple[np.ndarray, np.ndarray]:
     study, _, rest = arm.partition("/")
-    setting, _, init = rest.partition("@")
+    setting, _, init = rest.rpartition("@")
+    if init not in set(rows.loc[rows["study"] == study, "init"]):  # an '@' of the setting (soft@subtokens)
+        setting, init = rest, ""
     chosen = rows[(rows["study"] == study) & (rows["setting"] == setting)]
     if init:
         chosen = chosen[chosen["init"] == init]
