@@ -83,3 +83,21 @@ def test_diagnose_order_and_thresholds():
     assert _diagnose(0.50, 0.649)[0] == "underfitting"  # gap under, train 0.649 < 0.8 x 0.83 = 0.664
     assert _diagnose(0.60, 0.665)[0] == "ok"  # train just above 0.8 x the teacher
     assert _diagnose(0.30, 0.30, teacher_f1=0.0)[0] == "ok"  # a teacher at 0 F1 sets no bar
+
+
+@pytest.mark.parametrize("case, dev_f1, train_f1, teacher_f1, predicted, label", [
+    # The real induced failures of diagnosis_data / diagnosis_overfit (results/records), by the spec's defaults.
+    ("shuffled labels (cb570f1c)", 0.0841, 0.1331, 0.0811, ["LOC", "ORG", "PER"], "near-random"),
+    ("shuffled labels, class weights (029bac37)", 0.1000, 0.2008, 0.0811, TYPES, "near-random"),
+    ("MISC relabelled O (0ca72702)", 0.7347, 0.8197, 0.7596, ["LOC", "ORG", "PER"], "label-collapse"),
+    ("50 sentences (6595f3ff)", 0.3317, 0.6859, 0.3656, TYPES, "overfitting"),
+    ("clean 2,000 sentences (c37d48c7)", 0.7334, 0.7688, 0.7826, TYPES, "ok"),
+])
+def test_the_default_rules_name_the_real_induced_failures(case, dev_f1, train_f1, teacher_f1, predicted, label):
+    from distill_lab.evaluation import Scores, diagnose
+    from distill_lab.spec import DiagnosisSpec
+
+    rules = DiagnosisSpec().model_dump()
+    got, _ = diagnose(Scores(f1=dev_f1, precision=dev_f1, recall=dev_f1), train_f1, TYPES, predicted,
+                      teacher_f1=teacher_f1, **rules)
+    assert got == label, case

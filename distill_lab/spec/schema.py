@@ -271,7 +271,8 @@ class StudySection(_Model):
 
 class DiagnosisSpec(_Model):
     overfit_gap: float = Field(0.15, ge=0, le=1)  # train-sample F1 minus dev F1
-    random_floor: float = Field(0.05, ge=0, le=1)  # dev F1 below this looks like noise
+    # dev F1 below this looks like noise: shuffled CoNLL labels gave 8-10 F1 (diagnosis_data), which 0.05 missed
+    random_floor: float = Field(0.15, ge=0, le=1)
     underfit_ratio: float = Field(0.8, ge=0, le=1)  # train-sample F1 below this x the teacher's dev F1
 
 
