@@ -60,7 +60,7 @@ CLAIMS := diagnosis_overfit diagnosis_data precision_check
 results-claims: $(STAMP)
 	mkdir -p results
 	for study in $(CLAIMS); do \
-		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$study.yaml) || exit 1; \
+		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$study.yaml --workers 2) || exit 1; \
 	done
 	cd results && ../$(BIN)/distill-lab records export $(CLAIMS) --out records
 	$(MAKE) report-records
