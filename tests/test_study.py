@@ -311,32 +311,6 @@ def test_run_study_fails_a_nan_trial_and_completes_the_others(store):
 
 
 # --------------------------------------------------------------------------- 7. interrupt -> KILLED
-def test_an_interrupt_while_a_trial_is_asked_for_leaves_it_failed_and_owned(store, monkeypatch):
-    """Ctrl-C that lands inside `study.ask()` (before the trial could run) must not leave it RUNNING."""
-    ctx = _ctx(_spec(), store)
-    storage = driver.open_storage(ctx.storage_url)
-    study = driver.create_or_load(ctx, storage)
-    driver.ensure_tracking(ctx, study, Tracker(ctx.tracking_uri))
-    real_ask = optuna.Study.ask
-
-    def ask_then_signal(self, *args, **kwargs):
-        trial = real_ask(self, *args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # arrives between the trial's creation and its first attribute
-        return trial
-
-    monkeypatch.setattr(optuna.Study, "ask", ask_then_signal)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            driver.work(ctx)
-    finally:
-        reset_interrupts()
-    monkeypatch.setattr(optuna.Study, "ask", real_ask)
-    (trial,) = _load(store).trials
-    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
-    assert trial.user_attrs["worker"].endswith(f":{os.getpid()}")
-    assert "mlflow_run_id" not in trial.user_attrs  # nothing was tracked for it
-
-
 def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumable(store, monkeypatch):
     ctx = _ctx(_spec(), store)
     storage = driver.open_storage(ctx.storage_url)
