@@ -6,11 +6,10 @@ Reads the frame `records.load_runs` / `records.load_records` gives; writes nothi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
-
-import json
 
 import pandas as pd
 from mlflow.tracking import MlflowClient

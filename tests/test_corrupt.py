@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from distill_lab.data.corpus import Sentence
-from distill_lab.data.corrupt import corrupt, drop_types, repair_iob2
+from distill_lab.data.corpus import to_iob2
+from distill_lab.data.corrupt import corrupt, drop_types
 from distill_lab.data.loader import load_corpus
 from distill_lab.data.synthetic import generate_corpus
 from distill_lab.errors import DataError, SpecError
@@ -27,8 +28,8 @@ def test_drop_types_relabels_every_tag_of_the_type_and_nothing_else():
     assert drop_types(tags, []) == tags
 
 
-def test_repair_iob2_turns_an_orphan_i_tag_into_a_b_tag():
-    assert repair_iob2(("I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC", "I-ORG")) == (
+def test_shuffled_tags_are_repaired_by_the_corpus_iob2_normaliser():
+    assert to_iob2(("I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC", "I-ORG")) == (
         "B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC", "B-ORG")
 
 
@@ -54,7 +55,7 @@ def test_shuffle_labels_permutes_the_chosen_fraction_deterministically():
     for before, after in changed:
         # The same tags up to the B-/I- repair, now at other positions, and valid IOB2.
         assert sorted(t[2:] for t in before.tags) == sorted(t[2:] for t in after.tags)
-        assert repair_iob2(after.tags) == after.tags
+        assert to_iob2(after.tags) == after.tags
 
 
 def test_load_corpus_corrupts_train_keeps_dev_test_and_the_label_inventory():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from distill_lab.data.corpus import Sentence
+from distill_lab.data.corpus import Sentence, to_iob2
 from distill_lab.errors import DataError
 from distill_lab.spec import CorruptSpec
 
@@ -19,17 +19,6 @@ from distill_lab.spec import CorruptSpec
 def drop_types(tags: Sequence[str], types: Sequence[str]) -> tuple[str, ...]:
     """Every B-/I- tag of `types` becomes O."""
     return tuple("O" if tag != "O" and tag[2:] in types else tag for tag in tags)
-
-
-def repair_iob2(tags: Sequence[str]) -> tuple[str, ...]:
-    """An I-X that does not continue a B-X / I-X starts a mention instead (valid IOB2)."""
-    repaired: list[str] = []
-    for tag in tags:
-        previous = repaired[-1] if repaired else "O"
-        if tag.startswith("I-") and previous[2:] != tag[2:]:
-            tag = "B-" + tag[2:]
-        repaired.append(tag)
-    return tuple(repaired)
 
 
 def corrupt(sentences: Sequence[Sentence], spec: CorruptSpec) -> list[Sentence]:
@@ -50,6 +39,6 @@ def corrupt(sentences: Sequence[Sentence], spec: CorruptSpec) -> list[Sentence]:
         tags = list(drop_types(tags, spec.drop_types))
         if index in shuffled:
             rng.shuffle(tags)
-            tags = list(repair_iob2(tags))
+            tags = list(to_iob2(tags))  # an I-X moved away from its B-X opens a mention instead
         out.append(Sentence(sentence.tokens, tuple(tags)))
     return out
