@@ -28,12 +28,12 @@ import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 
-from distill_lab import naming, pipeline
+from distill_lab import naming, pipeline, signals
 from distill_lab import study as driver
 from distill_lab.study import objective, optuna_compat, workers
 from distill_lab.errors import DistillLabError, SpecError
 from distill_lab.spec import parse_spec, set_dotted
-from distill_lab.signals import reset_interrupts
+from distill_lab.signals import reset_interrupts, worker_interrupts
 from distill_lab.study_runner import run_study
 from distill_lab.tracking import PARENT_TAG, Tracker
 from tiny_specs import tiny_study
@@ -311,6 +311,32 @@ def test_run_study_fails_a_nan_trial_and_completes_the_others(store):
 
 
 # --------------------------------------------------------------------------- 7. interrupt -> KILLED
+def test_an_interrupt_while_a_trial_is_asked_for_leaves_it_failed_and_owned(store, monkeypatch):
+    """Ctrl-C that lands inside `study.ask()` (before the trial could run) must not leave it RUNNING."""
+    ctx = _ctx(_spec(), store)
+    storage = driver.open_storage(ctx.storage_url)
+    study = driver.create_or_load(ctx, storage)
+    driver.ensure_tracking(ctx, study, Tracker(ctx.tracking_uri))
+    real_ask = optuna.Study.ask
+
+    def ask_then_signal(self, *args, **kwargs):
+        trial = real_ask(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives between the trial's creation and its first attribute
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            driver.work(ctx)
+    finally:
+        reset_interrupts()
+    monkeypatch.setattr(optuna.Study, "ask", real_ask)
+    (trial,) = _load(store).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert trial.user_attrs["worker"].endswith(f":{os.getpid()}")
+    assert "mlflow_run_id" not in trial.user_attrs  # nothing was tracked for it
+
+
 def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumable(store, monkeypatch):
     ctx = _ctx(_spec(), store)
     storage = driver.open_storage(ctx.storage_url)
@@ -346,6 +372,36 @@ def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumab
     assert driver.finished_count(study) == ctx.n_trials == 3
     statuses = [tracker.client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in study.trials]
     assert statuses == ["FINISHED", "KILLED", "FINISHED", "FINISHED"]
+
+
+def test_a_second_signal_does_not_cut_a_worker_stopping_on_the_first(store, monkeypatch):
+    """Ctrl-C reaches a worker, then its coordinator forwards SIGTERM while the worker fails its
+    trial: the second signal must not leave that trial RUNNING (CI saw it as 'worker ... died')."""
+    ctx = _ctx(_spec(), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    driver.ensure_tracking(ctx, study, Tracker(ctx.tracking_uri))
+    real_set = optuna.Trial.set_user_attr
+
+    def ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the handler runs here
+        raise AssertionError("SIGINT did not interrupt the run")
+
+    def forwarded_sigterm(self, key, value):
+        real_set(self, key, value)
+        if key == "fail_reason":  # the worker is recording its first interrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here; before the fix it raised out of run_one
+
+    monkeypatch.setattr(objective, "run_distillation", ctrl_c)
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", forwarded_sigterm)
+    worker_interrupts()  # the autouse fixture puts the test process's handlers back
+    with pytest.raises(KeyboardInterrupt):
+        driver.work(ctx)
+    assert signals._RECEIVED == [signal.SIGINT, signal.SIGTERM]
+    (trial,) = _load(store).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert Tracker(ctx.tracking_uri).client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
 def test_tracker_run_interrupted_while_closing_ends_killed_then_reraises(store):

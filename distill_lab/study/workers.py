@@ -29,7 +29,7 @@ from distill_lab.signals import deferred_interrupts, interrupted, worker_interru
 from distill_lab.spec import StudySpec
 from distill_lab.study import optuna_compat
 from distill_lab.study.objective import Stage, run_trial
-from distill_lab.study.storage import FINISHED_STATES, StudyContext, open_storage, owner_alive
+from distill_lab.study.storage import FINISHED_STATES, StudyContext, open_storage, owner_alive, owner_name
 from distill_lab.study.summary import state_counts
 from distill_lab.tracking import RunHandle, Tracker
 
@@ -255,7 +255,14 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
             loop.clean_stale()
             continue
         loop.clean_stale()
-        trial = loop.study.ask()
+        # The trial names its worker as it is created: an interrupt between the two would leave a
+        # RUNNING trial no reconcile can attribute to a dead worker (seen under load with Ctrl-C).
+        with deferred_interrupts() as received:
+            trial = loop.study.ask()
+            trial.set_user_attr("worker", owner_name())
+            if received:  # interrupted while asking: end the new trial here, then stop (after the block)
+                trial.set_user_attr("fail_reason", "interrupted")
+                loop.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         if is_surplus(loop.study, trial, ctx.n_trials, grid=loop.grid):
             # Not run (recorded FAIL with its reason, nothing tracked): a grid sampler would otherwise rerun a done point.
             trial.set_user_attr("fail_reason", "surplus: every grid point was already taken" if loop.grid
