@@ -173,6 +173,19 @@ def test_cli_all_alphas_zero(tmp_path, capfd):
                        "alpha_hidden, alpha_attention > 0")
 
 
+def test_cli_end_only_evaluation_needs_the_last_checkpoint_and_no_pruner(tmp_path, capfd):
+    path = _spec(tmp_path, training={"eval_every": 0})
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message == (f"{path}: training: eval_every 0 scores dev only after the last step: checkpoint "
+                       "'best_dev' has nothing to choose from; set checkpoint: last")
+    path = _spec(tmp_path, training={"eval_every": 0, "checkpoint": "last"}, study={"pruner": "median"})
+    message = _one_error_line(*_main(capfd, "validate", path))
+    assert message == (f"{path}: pruner 'median' needs dev scores during training: training.eval_every 0 "
+                       "gives one, after the last step")
+    path = _spec(tmp_path, training={"eval_every": 0, "checkpoint": "last"})
+    assert _main(capfd, "validate", path)[0] == 0
+
+
 def test_cli_missing_spec_file_and_bad_yaml(tmp_path, capfd):
     missing = tmp_path / "absent.yaml"
     assert _one_error_line(*_main(capfd, "validate", missing)) == f"{missing}: spec file not found"

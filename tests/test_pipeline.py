@@ -405,6 +405,16 @@ def test_on_eval_false_keeps_training(e2e_config):
     assert seen == [20, 38] and result.train_result.steps == 38 and not result.train_result.stopped_early
 
 
+def test_eval_every_zero_scores_dev_once_after_the_last_step(e2e_config):
+    seen = []
+    result = run_distillation(_config(*E2E, "training.eval_every=0", "training.checkpoint=last"),
+                              on_eval=lambda step, metrics: seen.append(step))
+    assert seen == [114] and [h["step"] for h in result.train_result.history] == [114]
+    assert result.train_result.best_step == 114 and result.dev.f1 == result.train_result.history[0]["dev_f1"]
+    # The training losses are still reported: averaged over all 114 steps.
+    assert result.train_result.history[0]["loss_total"] > 0
+
+
 def test_nan_loss_is_trial_error():
     with pytest.raises(TrialError, match=r"^loss became (nan|inf) at step \d+ \(lower the learning rate\?\)$"):
         run_distillation(_config("training.learning_rate=1.0e30"))

@@ -309,7 +309,7 @@ def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, 
             running["_count"] = running.get("_count", 0.0) + 1
             if progress is not None:
                 progress(step, total_steps)
-            if step % recipe.eval_every == 0 or step == total_steps:  # evaluate + log
+            if (recipe.eval_every and step % recipe.eval_every == 0) or step == total_steps:  # evaluate + log
                 metrics, state = _evaluate(model, dev_split, labels, recipe, device, result, running,
                                            lr=optimizer.param_groups[0]["lr"], epoch=epoch, step=step)
                 running, best_state = {}, state if state is not None else best_state

@@ -116,7 +116,9 @@ class StudentSpec(_Model):
 class TrainingSpec(OptimisationSpec):
     eval_batch_size: int = Field(64, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    eval_every: int = Field(50, ge=1)  # optimizer steps between dev evaluations
+    # Optimizer steps between dev evaluations; 0 = dev only after the last step (no curve, no
+    # checkpoint choice, nothing for a pruner): for studies that keep the last weights anyway.
+    eval_every: int = Field(50, ge=0)
     max_steps: int | None = Field(None, ge=1)  # a fixed optimizer-step budget (overrides epochs)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)
@@ -139,6 +141,13 @@ class TrainingSpec(OptimisationSpec):
     # per batch (every word weighs the same; same scale as batch_mean on average).
     loss_normalization: Literal["batch_mean", "fixed_tokens"] = "batch_mean"
     speed_sentences: int = Field(256, ge=0)  # dev sentences timed for the speedup column (speed.py); 0 = off
+
+    @model_validator(mode="after")
+    def _end_only_evaluation(self) -> "TrainingSpec":
+        if self.eval_every == 0 and self.checkpoint == "best_dev":
+            raise ValueError("eval_every 0 scores dev only after the last step: checkpoint 'best_dev' has "
+                             "nothing to choose from; set checkpoint: last")
+        return self
 
     @field_validator("teacher_cache", mode="before")
     @classmethod
@@ -346,6 +355,9 @@ class StudySpec(_Model):
     def _search_space_paths(self) -> "StudySpec":
         for path, param in self.study.search_space.items():
             _check_search_path(path, param)
+        if self.study.pruner != "none" and self.training.eval_every == 0:
+            raise ValueError(f"pruner {self.study.pruner!r} needs dev scores during training: "
+                             "training.eval_every 0 gives one, after the last step")
         return self
 
 
