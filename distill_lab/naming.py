@@ -31,6 +31,7 @@ def setting(config: RunConfig) -> str:
         text += " soft@subtokens"
     if distill.alpha_hidden or distill.alpha_attention:
         text += f" map={mapping_name(config)}"
+    text += _projection(config)
     if distill.class_weights != "none":
         weights = distill.class_weights
         text += " cw=" + (weights if isinstance(weights, str) else ",".join(f"{k}:{v:g}" for k, v in weights.items()))
@@ -45,6 +46,17 @@ def setting(config: RunConfig) -> str:
         text += "".join(f" drop={kind}" for kind in corrupted.drop_types)
         text += f" shuffled={corrupted.shuffle_labels:g}" if corrupted.shuffle_labels else ""
     return text
+
+
+def _projection(config: RunConfig) -> str:
+    """' proj=linear' / ' proj=conv1d3': the hidden loss of a student narrower than its teacher goes
+    through a learned projection, and arms that differ only in it must not share a setting."""
+    narrow = config.student.from_teacher is not None and config.student.from_teacher.hidden_size is not None
+    if not (config.distill.alpha_hidden and narrow):
+        return ""
+    projection = config.distill.projection
+    text = f" proj={projection.kind}" + (str(projection.kernel_size) if projection.kind == "conv1d" else "")
+    return text + (" t>s" if projection.direction == "teacher_to_student" else "")
 
 
 def init_name(config: RunConfig) -> str:

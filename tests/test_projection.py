@@ -176,3 +176,20 @@ def test_project_pair_rejections():
     # projections built for the other direction: widths don't line up
     with pytest.raises(ValueError, match=r"expects \(batch, length, 4\), got \(1, 3, 8\)"):
         project_pair(projs, "teacher_to_student", 0, torch.zeros(1, 3, 4), torch.zeros(1, 3, 8))
+
+
+def test_arms_that_differ_only_in_their_projection_get_their_own_setting():
+    from distill_lab.naming import setting
+    from distill_lab.spec import parse_spec, resolve
+
+    raw = {"name": "p", "student": {"from_teacher": {"num_layers": 2, "hidden_size": 32, "num_attention_heads": 2}},
+           "distill": {"temperature": 8.0, "alpha_hard": 0.2, "alpha_soft": 0.8, "alpha_hidden": 1.0}}
+    spec = parse_spec(raw, source="test")
+    names = [setting(resolve(spec, {"distill.projection": projection})) for projection in (
+        {"kind": "linear"}, {"kind": "conv1d", "kernel_size": 3},
+        {"kind": "linear", "direction": "teacher_to_student"})]
+    assert names == ["T=8 a=0.2/0.8/1 map=uniform proj=linear", "T=8 a=0.2/0.8/1 map=uniform proj=conv1d3",
+                     "T=8 a=0.2/0.8/1 map=uniform proj=linear t>s"]
+    # No hidden loss, or a student of the teacher's width: no projection, nothing added.
+    assert setting(resolve(spec, {"distill.alpha_hidden": 0.0})) == "T=8 a=0.2/0.8/0"
+    assert setting(resolve(spec, {"student.from_teacher.hidden_size": None})) == "T=8 a=0.2/0.8/1 map=uniform"
