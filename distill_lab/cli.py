@@ -18,15 +18,14 @@ from typing import Any, Optional
 
 import typer
 import yaml
-from rich.console import Console
 
+from distill_lab.cli_common import StorageOption, TrackingOption, console, out
+from distill_lab.cli_views import dashboard_app, records_app
 from distill_lab.errors import DistillLabError
 from distill_lab.masking import mask_url
 
 app = typer.Typer(help="Sweeps of knowledge distillation for BERT-like NER models.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console(stderr=True)
-out = Console()
 _state = {"debug": False}
 
 SetOption = typer.Option(None, "--set", help="Override a spec value: dotted.key=value (repeatable).")
@@ -116,11 +115,9 @@ study_app = typer.Typer(help="Optuna studies: run, join as a worker, inspect.", 
 trial_app = typer.Typer(help="Single trials of a study.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 app.add_typer(trial_app, name="trial")
+app.add_typer(records_app, name="records")
+app.add_typer(dashboard_app, name="dashboard")
 
-StorageOption = typer.Option(None, "--storage", help="Optuna storage: journal file path (default "
-                             ".distill_lab/optuna.journal), sqlite:///..., postgresql+psycopg2://...")
-TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the spec's, "
-                              "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 
 
 def _context(spec_path: Path, overrides: list[str] | None, storage: str | None, tracking_uri: str | None,
@@ -287,61 +284,6 @@ def _report_format(chosen: dict[str, bool], lang: str, *, update: Optional[Path]
     if update is not None and not update.is_file():
         raise DistillLabError(f"--update {update}: file not found")
     return fmt
-
-
-records_app = typer.Typer(help="Run records: a study's MLflow runs as committed, diffable JSON.", no_args_is_help=True)
-app.add_typer(records_app, name="records")
-
-
-@records_app.command("export")
-def records_export(experiment: list[str] = typer.Argument(..., help="MLflow experiment (study) names."),
-                   out_dir: Path = typer.Option(Path("results/records"), "--out", help="Output directory."),
-                   merge: bool = typer.Option(False, "--merge", help="Keep the runs the existing file holds that this "
-                                              "store lacks (the same study continued on another machine)."),
-                   tracking_uri: Optional[str] = TrackingOption) -> None:
-    """Export every run of the named experiments (ids, params, tags, metrics, dev curves) as JSON."""
-    from distill_lab.records import export_experiment
-    from distill_lab.tracking import default_tracking_uri
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    for name in experiment:
-        out.print(f"{name}: {export_experiment(name, default_tracking_uri(tracking_uri), out_dir, merge=merge)}")
-
-
-dashboard_app = typer.Typer(help="Study dashboards: a static HTML page, or optuna-dashboard.", no_args_is_help=True)
-app.add_typer(dashboard_app, name="dashboard")
-
-
-@dashboard_app.command("build")
-def dashboard_build(study: str = typer.Argument(..., help="Study name."),
-                    out_dir: Path = typer.Option(Path("dashboard"), "--out", help="Output directory."),
-                    tracking_uri: Optional[str] = TrackingOption) -> None:
-    """Write a self-contained HTML dashboard (works offline) and PNGs of the key plots."""
-    from distill_lab.dashboard import build
-    from distill_lab.tracking import default_tracking_uri
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    written = build(study, default_tracking_uri(tracking_uri), out_dir)
-    for name, path in written.items():
-        out.print(f"{name}: {path}")
-
-
-@dashboard_app.command("serve")
-def dashboard_serve(spec_or_name: str = typer.Argument(..., help="A spec file or a study name."),
-                    storage: Optional[str] = StorageOption, port: int = typer.Option(8080, "--port"),
-                    host: str = typer.Option("127.0.0.1", "--host")) -> None:
-    """Start optuna-dashboard on the study's storage."""
-    from distill_lab.dashboard import serve
-    from distill_lab.study import default_storage
-    from distill_lab.study import load_study
-    from distill_lab.study_runner import study_name
-
-    storage_url = storage or default_storage()
-    name = study_name(spec_or_name)
-
-    load_study(name, storage_url)  # a clear error for an unknown study before the server starts
-    console.print(f"optuna-dashboard for {mask_url(storage_url)} on http://{host}:{port} (Ctrl-C to stop)")
-    serve(storage_url, host, port)
 
 
 @app.command()
