@@ -53,16 +53,21 @@ results-headline: $(STAMP)
 	cd results && ../$(BIN)/distill-lab records export $(HEADLINE) textbrewer_recipe --out records
 	$(MAKE) report-records
 
-# The seed's claims on induced failures (the diagnosis mind-map) and the fp32 / bf16 gate of
-# `precision: auto`: 2,000-sentence and 50-sentence studies, their records, the page from them.
+# The seed's claims on induced failures (the diagnosis mind-map), the fp32 / bf16 gate of
+# `precision: auto`, and the low-resource regime (2,000 gold sentences + unlabeled transfer text:
+# KD vs no KD, a narrow student's projection): their records, curves and the page from them.
 # Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
-CLAIMS := diagnosis_overfit diagnosis_data precision_check
+CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width
+CURVES := lowres_transfer lowres_width
 results-claims: $(STAMP)
 	mkdir -p results
 	for study in $(CLAIMS); do \
 		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$study.yaml --workers 2) || exit 1; \
 	done
 	cd results && ../$(BIN)/distill-lab records export $(CLAIMS) --out records
+	for study in $(CURVES); do \
+		$(BIN)/distill-lab records curves results/records --study $$study --out docs/img/$$study/dev_curves.png || exit 1; \
+	done
 	$(MAKE) report-records
 
 # Rebuild docs/results.md's record-backed regions from the committed run records alone (seconds).

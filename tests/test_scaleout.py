@@ -254,7 +254,10 @@ def test_scaleout_default_heartbeat_workers_hold_one_connection_each(databases, 
 @pytest.mark.slow
 def test_scaleout_sigkill_worker_loses_nothing(databases, mlflow_server, tmp_path):
     temperatures = [1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0]
-    spec = _grid_spec(tmp_path, "kill12", temperatures, epochs=3, n_train=80)
+    # Trials of 120 steps: the warm coordinator must not finish all twelve before the two cold
+    # `study worker`s (torch, transformers and MLflow to import) take one. At 30 steps a loaded
+    # machine once let it, and the victim never got a trial to be killed in.
+    spec = _grid_spec(tmp_path, "kill12", temperatures, epochs=12, n_train=80)
     processes = _start_study_and_workers(spec, databases["optuna"], mlflow_server, tmp_path, "kill12", 2)
     victim = processes[1]
     # Kill the worker in the middle of one of its trials.
