@@ -223,15 +223,15 @@ def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
     storage_url = storage or driver.default_storage()
     study = driver.load_study(name, storage_url)
     table = Table(title=f"study {name} ({mask_url(storage_url)})")
-    for column in ("#", "state", "params", "dev F1", "MLflow run", "seconds", "reason"):
+    for column in ("#", "state", "params", "dev F1", "MLflow run", "seconds", "progress / reason"):
         # A run id is what one copies into the MLflow UI: never wrapped; params fold, reasons are cut.
         table.add_column(column, no_wrap=column == "MLflow run", min_width=32 if column == "MLflow run" else None,
-                         overflow="ellipsis" if column == "reason" else "fold")
+                         overflow="ellipsis" if column == "progress / reason" else "fold")
     for row in driver.trials_table(study):
         value = f"{row['value'] * 100:.2f}" if row["value"] is not None else "-"
         seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"
         table.add_row(str(row["number"]), row["state"], row["params"], value, row["mlflow_run_id"], seconds,
-                      row["reason"][:60])
+                      row["progress"] or row["reason"][:60])
     out.print(table)
     out.print(study_line(study))
 

@@ -63,3 +63,57 @@ def test_a_single_run_redirected_prints_stage_lines_and_no_bars():
     assert [line.split("] ")[1] for line in text if "teacher" in line] == \
         [f"teacher fine-tune: {n}/50 steps" for n in (1, *range(5, 51, 5))]
     assert [line for line in text if "distill" in line][-1] == "[0:01:15] distill: 20/20 steps"
+
+
+# --------------------------------------------------------------------------- a running trial's progress
+class _Trial:
+    def __init__(self) -> None:
+        self.attrs: list[dict] = []
+
+    def set_user_attr(self, key: str, value: dict) -> None:
+        assert key == "progress"
+        self.attrs.append(value)
+
+
+def test_a_trial_writes_where_it_is_at_most_every_interval_and_at_each_stage_end():
+    from distill_lab.study.objective import TrialProgress
+
+    trial, seen = _Trial(), []
+    report = TrialProgress(trial, seeds=3, every=1e9).stage(1, lambda *args: seen.append(args))
+    for step in range(1, 6):
+        report("distill", step, 5)
+    assert len(seen) == 5  # the inner stage callback (a terminal's bars) still sees every step
+    # The first step is written at once, the rest waits for the interval, except the stage's last step.
+    assert trial.attrs == [{"seed": 2, "seeds": 3, "stage": "distill", "step": 1, "total": 5},
+                           {"seed": 2, "seeds": 3, "stage": "distill", "step": 5, "total": 5}]
+
+
+def test_a_storage_error_while_writing_progress_does_not_fail_the_trial():
+    from distill_lab.study.objective import TrialProgress
+
+    class Broken:
+        def set_user_attr(self, key, value):
+            raise ConnectionError("storage down")
+
+    TrialProgress(Broken(), seeds=1, every=0).stage(0, None)("distill", 1, 2)  # no exception
+
+
+def test_status_shows_a_running_trials_seed_step_and_time_left():
+    import datetime
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from distill_lab.study.summary import progress_text
+
+    started = datetime.datetime(2026, 12, 7, 1, 0, 0)
+    trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
+        "progress": {"seed": 2, "seeds": 3, "stage": "distill", "step": 657, "total": 1314}})
+    trial.datetime_start = started
+    # Half of the work done (one seed of three, and half of the second) in 10 minutes: 10 left.
+    assert progress_text(trial, now=started + datetime.timedelta(minutes=10)) == \
+        "seed 2/3 · distill 657/1314 · ~10 min left"
+    trial.user_attrs["progress"] = {"seed": 1, "seeds": 3, "stage": "teacher fine-tune", "step": 5, "total": 630}
+    assert progress_text(trial, now=started) == "seed 1/3 · teacher fine-tune 5/630"  # no estimate yet
+    trial.user_attrs.pop("progress")
+    assert progress_text(trial) == ""

@@ -372,6 +372,10 @@ def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumab
     assert driver.finished_count(study) == ctx.n_trials == 3
     statuses = [tracker.client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in study.trials]
     assert statuses == ["FINISHED", "KILLED", "FINISHED", "FINISHED"]
+    # Where each trial was, as `study status` shows it while it runs: the last seed's last step.
+    last = study.trials[-1].user_attrs["progress"]
+    assert last["stage"] == "distill" and last["step"] == last["total"] > 0
+    assert last["seed"] == last["seeds"] == len(ctx.seeds)
 
 
 def test_a_second_signal_does_not_cut_a_worker_stopping_on_the_first(store, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import statistics
+import time
 from typing import Any, Callable
 
 import optuna
@@ -33,6 +34,9 @@ from distill_lab.artifacts import confusion_figure, predictions_tsv
 from distill_lab.tracking import RunHandle, Tracker
 
 Stage = Callable[[str, int, int], None]
+# A running trial writes where it is (seed, stage, step) to its Optuna user attrs at most this often:
+# `study status` shows it, with the time left, for trials on any machine of the study.
+PROGRESS_SECONDS = 30.0
 # Corpora read once per process: a worker's trials share them (keyed by the data spec).
 _CORPUS_CACHE: dict[str, NerCorpus] = {}
 
@@ -85,9 +89,29 @@ def _trial_tags(trial: optuna.Trial, ctx: StudyContext, base: RunConfig) -> dict
                       retry_of_trial=retry_of).to_mlflow()
 
 
+class TrialProgress:
+    """Where a running trial is, in its user attr `progress`: {seed, seeds, stage, step, total}."""
+
+    def __init__(self, trial: optuna.Trial, seeds: int, every: float = PROGRESS_SECONDS) -> None:
+        self.trial, self.seeds, self.every, self.written = trial, seeds, every, float("-inf")
+
+    def stage(self, seed_index: int, inner: Stage | None) -> Stage:
+        def report(name: str, step: int, total: int) -> None:
+            if inner is not None:
+                inner(name, step, total)
+            now = time.monotonic()
+            if now - self.written >= self.every or step == total:
+                self.written = now
+                with contextlib.suppress(Exception):  # a slow or unreachable storage must not fail the trial
+                    self.trial.set_user_attr("progress", {"seed": seed_index + 1, "seeds": self.seeds,
+                                                          "stage": name, "step": step, "total": total})
+        return report
+
+
 def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: dict[str, Any],
                stage: Stage | None) -> list[RunResult]:
     results: list[RunResult] = []
+    progress = TrialProgress(trial, len(ctx.seeds))
     plan: RunPlan | None = None  # the seed changes nothing the plan decides: made once per trial
     for seed_index, seed in enumerate(ctx.seeds):
         config = resolve(ctx.spec, {**params, "training.seed": seed})
@@ -104,7 +128,8 @@ def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: d
             return False
 
         plan = plan or load_plan(config)
-        result = run_distillation(config, on_eval=on_eval, stage=stage, corpus=corpus_for(config), plan=plan)
+        result = run_distillation(config, on_eval=on_eval, stage=progress.stage(seed_index, stage),
+                                  corpus=corpus_for(config), plan=plan)
         results.append(result)
         if result.train_result.stopped_early:
             run.set_tags({OPTUNA_STATE: "PRUNED"})

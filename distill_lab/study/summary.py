@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import optuna
@@ -50,8 +51,27 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
             "seconds": trial.duration.total_seconds() if trial.duration is not None else None,
             "reason": trial.user_attrs.get("fail_reason", ""),
+            "progress": progress_text(trial) if trial.state == TrialState.RUNNING else "",
         })
     return rows
+
+
+def progress_text(trial: optuna.trial.FrozenTrial, now: datetime.datetime | None = None) -> str:
+    """'seed 2/3 · distill 730/1314 · ~25 min left' for a running trial that reported where it is.
+
+    The time left assumes the trial's seeds cost the same: elapsed x (1 - done) / done, where done
+    counts finished seeds and the current one's share of its distillation steps.
+    """
+    where = trial.user_attrs.get("progress")
+    if not isinstance(where, dict) or not where.get("total"):
+        return ""
+    seed, seeds, step, total = (int(where[key]) for key in ("seed", "seeds", "step", "total"))
+    text = f"seed {seed}/{seeds} · {where.get('stage', '?')} {step}/{total}"
+    done = (seed - 1 + (step / total if where.get("stage") == "distill" else 0.0)) / max(seeds, 1)
+    if trial.datetime_start is None or done <= 0:
+        return text
+    elapsed = ((now or datetime.datetime.now()) - trial.datetime_start).total_seconds()
+    return text + f" · ~{max(elapsed * (1 - done) / done, 0) / 60:.0f} min left"
 
 
 def grid_size(spec: StudySpec) -> int:
