@@ -117,7 +117,7 @@ def draw(frame: pd.DataFrame, title: str, path: Path) -> Path:
     figure = Figure(figsize=(8.0, 4.8))
     axes = figure.subplots()
     for arm, curve in summary(frame).groupby("arm", sort=True):
-        label = textwrap.shorten(str(arm), 60)
+        label = textwrap.shorten(str(arm), 90)
         line, = axes.plot(curve["step"], curve["mean"] * 100, marker=".", label=label)
         axes.fill_between(curve["step"], curve["min"] * 100, curve["max"] * 100, color=line.get_color(), alpha=0.15)
         best = curve.loc[curve["mean"].idxmax()]
