@@ -57,7 +57,7 @@ results-headline: $(STAMP)
 # `precision: auto`, and the low-resource regime (2,000 gold sentences + unlabeled transfer text:
 # KD vs no KD, a narrow student's projection): their records, curves and the page from them.
 # Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
-CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width
+CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights
 CURVES := lowres_transfer lowres_width
 results-claims: $(STAMP)
 	mkdir -p results
