@@ -27,7 +27,7 @@ from distill_lab.record_schema import OPTUNA_STATE, ROLE, TEACHER, TEACHER_FINGE
 from distill_lab.signals import interrupted
 from distill_lab.spec import RunConfig, StudySpec, resolve
 from distill_lab.study import optuna_compat
-from distill_lab.study.storage import StudyContext, owner_name
+from distill_lab.study.storage import StudyContext
 from distill_lab.study.summary import sampled_params
 from distill_lab.teacher import Teacher, prepare_teacher
 from distill_lab.artifacts import confusion_figure, predictions_tsv
@@ -59,7 +59,6 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
     """The objective: every seed of one sampled setting; returns the mean dev F1 of the kept checkpoints."""
     params = sampled_params(trial, ctx)
     base = resolve(ctx.spec, params)
-    trial.set_user_attr("worker", owner_name())
     with tracker.run(experiment_id, naming.run_name(trial.number, base), tags=_trial_tags(trial, ctx, base),
                      parent_run_id=parent_run_id, finished_on=(optuna.TrialPruned,)) as run:
         trial.set_user_attr("mlflow_run_id", run.run_id)
