@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from distill_lab.errors import DistillLabError
@@ -159,15 +159,23 @@ class Tracker:
         run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
         return run.info.run_id
 
-    def end_run(self, run_id: str, status: str) -> None:
+    def end_run(self, run_id: str, status: str, *, keep_async_logging: bool = False) -> None:
+        """`keep_async_logging`: end it without stopping MLflow's async-logging queue, which the
+        process shares with its other runs (`set_terminated` shuts it down, and a run still
+        logging on another thread then fails with "cannot schedule new futures after shutdown")."""
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if keep_async_logging and store is not None:
+            store.update_run_info(run_id, run_status=RunStatus.from_string(status),
+                                  end_time=int(time.time() * 1000), run_name=None)
+            return
         self.client.set_terminated(run_id, status=status)
 
-    def _end_run_retrying(self, run_id: str, status: str, attempts: int = 3) -> None:
+    def _end_run_retrying(self, run_id: str, status: str, attempts: int = 3, *, keep_async_logging: bool = False) -> None:
         """End a run even when the store is busy for a moment (an SQLite store locked by the other
         workers, all ending their runs at one Ctrl-C); a run it cannot end is said, not hidden."""
         for attempt in range(attempts):
             try:
-                self.end_run(run_id, status)
+                self.end_run(run_id, status, keep_async_logging=keep_async_logging)
                 return
             except Exception as err:  # noqa: BLE001 - any store error: try again, then report
                 if attempt == attempts - 1:
@@ -178,16 +186,19 @@ class Tracker:
     @contextlib.contextmanager
     def run(self, experiment_id: str, name: str, *, tags: dict[str, Any] | None = None,
             parent_run_id: str | None = None, run_id: str | None = None,
-            finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunHandle]:
+            finished_on: tuple[type[BaseException], ...] = (), keep_open: bool = False) -> Iterator[RunHandle]:
         """A run that always ends: FINISHED, FAILED on an exception, KILLED on interrupt/SIGTERM.
 
         `finished_on`: exceptions that end it FINISHED all the same (a study's pruned trial).
+        `keep_open`: a body that ends normally leaves the run RUNNING for the caller to end with
+        `close` (a trial's artifacts are written after Optuna is told); an exception still ends it.
         """
         run_id = run_id or self.create_run(experiment_id, name, tags, parent_run_id)
         handle = RunHandle(self.client, run_id)
-        status = "FINISHED"
+        status, completed = "FINISHED", False
         try:
             yield handle
+            completed = True
         except (KeyboardInterrupt, SystemExit):
             status = "KILLED"
             raise
@@ -198,16 +209,28 @@ class Tracker:
                     self.client.set_tag(run_id, "error", repr(err)[:5000])
             raise
         finally:
-            # A Ctrl-C / SIGTERM that lands while the run is being closed (waiting for queued metrics,
-            # the terminate request) must not leave it RUNNING: close it first, then re-raise.
-            with deferred_interrupts() as interrupted:
+            if not (completed and keep_open):
+                self.close(handle, status)
+
+    def close(self, handle: RunHandle, status: str = "FINISHED", *, others_logging: bool = False) -> None:
+        """End a run, even through a Ctrl-C / SIGTERM that lands while it is being closed (waiting
+        for queued metrics, the terminate request): it is closed first, the interrupt comes after.
+
+        `others_logging`: another run of this process may be logging meanwhile (a trial closed on
+        the background writer): wait for this run's own queued metrics, leave MLflow's queue up.
+        """
+        with deferred_interrupts() as interrupted:
+            if others_logging:
+                handle.flush()
+                self._end_run_retrying(handle.run_id, status, keep_async_logging=True)
+            else:
                 # Ending the run drains MLflow's async queue first; the flush then only surfaces
                 # what is left (older MLflow versions end runs without draining).
-                self._end_run_retrying(run_id, status)
+                self._end_run_retrying(handle.run_id, status)
                 handle.flush()
-                if interrupted:  # the close itself was interrupted: the work it closed is abandoned
-                    with contextlib.suppress(Exception):
-                        self.end_run(run_id, "KILLED")
+            if interrupted:  # the close itself was interrupted: the work it closed is abandoned
+                with contextlib.suppress(Exception):
+                    self.end_run(handle.run_id, "KILLED")
 
     def runs_in_state(self, experiment_id: str, state: str = "RUNNING") -> list[Any]:
         return self.client.search_runs([experiment_id], filter_string=f"attributes.status = '{state}'",

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -426,11 +427,11 @@ def test_tracker_run_ends_its_run_when_the_store_is_busy_for_a_moment(store, mon
     experiment_id = tracker.ensure_experiment("busy")
     real, calls = tracker.end_run, []
 
-    def locked_once(run_id: str, status: str) -> None:
+    def locked_once(run_id: str, status: str, **options: bool) -> None:
         calls.append(status)
         if len(calls) == 1:  # what an SQLite store says while other workers hold its lock
             raise RuntimeError("database is locked")
-        real(run_id, status)
+        real(run_id, status, **options)
 
     monkeypatch.setattr(tracker, "end_run", locked_once)
     with pytest.raises(KeyboardInterrupt):
@@ -493,6 +494,89 @@ def test_end_orphan_runs_ends_only_runs_whose_trial_failed(store):
     assert tracker.client.get_run(fresh).info.status == "RUNNING"
     assert tracker.client.get_run(closing).info.status == "RUNNING"  # left to its owner
     assert tracker.client.get_run(parent).info.status == "RUNNING"  # only trial runs are swept
+
+
+def test_artifacts_are_written_after_the_tell_and_present_once_the_run_is_finished(store, monkeypatch):
+    ctx = _ctx(_spec({"study.n_trials": 2}), store)
+    seen: list[tuple[str, str, int]] = []  # (trial state in storage, run status, number of artifacts then)
+    log_artifacts = objective._log_artifacts
+
+    def observed(run, result, config, ctx_):
+        study = _load(store)
+        trial = next(t for t in study.trials if t.user_attrs.get("mlflow_run_id") == run.run_id)
+        seen.append((trial.state.name, _client(store).get_run(run.run_id).info.status,
+                     len(_client(store).list_artifacts(run.run_id))))
+        log_artifacts(run, result, config, ctx_)
+
+    monkeypatch.setattr(objective, "_log_artifacts", observed)
+    code, _ = _run(ctx)
+    assert code == 0
+    # Optuna had the result before any artifact was drawn, and the run was still open for them.
+    assert seen == [("COMPLETE", "RUNNING", 0), ("COMPLETE", "RUNNING", 0)]
+    study = _load(store)
+    for trial in study.trials:
+        run = _client(store).get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["optuna_state"] == "COMPLETE"
+        assert {item.path for item in _client(store).list_artifacts(run.info.run_id)} == ARTIFACTS
+
+
+def test_an_artifact_that_cannot_be_written_is_tagged_and_the_trial_stands(store, monkeypatch):
+    def broken(run, *args):
+        raise OSError("artifact store refused the upload")
+
+    monkeypatch.setattr(objective, "_log_artifacts", broken)
+    code, _ = _run(_ctx(_spec({"study.n_trials": 1}), store))
+    assert code == 0
+    study = _load(store)
+    assert _states(study) == ["COMPLETE"]
+    run = _client(store).get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert "artifact store refused the upload" in run.data.tags["artifact_error"]
+
+
+def test_a_completed_trial_whose_worker_died_before_its_artifacts_gets_its_run_finished(store):
+    ctx = _ctx(_spec(), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    tracker = Tracker(ctx.tracking_uri)
+    experiment_id, parent = driver.ensure_tracking(ctx, study, tracker)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a local pid that no longer runs
+    dead_owner, live_owner = study.ask(), study.ask()
+    dead_owner.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    live_owner.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # still writing its artifacts
+    for trial in (dead_owner, live_owner):
+        study.tell(trial, 0.5)
+    runs = [tracker.create_run(experiment_id, f"t{t.number}", parent_run_id=parent, tags={
+        "role": "trial", "study": "unit_study", "optuna_trial_id": optuna_compat.trial_id(t)})
+        for t in (dead_owner, live_owner)]
+    assert driver.end_orphan_runs(study, tracker, experiment_id) == 1
+    ended, open_run = (tracker.client.get_run(run_id) for run_id in runs)
+    assert ended.info.status == "FINISHED"  # the result stands; only the artifacts are lost
+    assert ended.data.tags["artifact_error"] == "lost: the worker died before writing them"
+    assert open_run.info.status == "RUNNING"  # left to its live worker
+
+
+def test_the_background_writer_runs_jobs_in_order_and_drain_waits_for_all():
+    from distill_lab.study.background import BackgroundWriter
+
+    done: list[int] = []
+    writer = BackgroundWriter()
+
+    def job(number: int) -> Callable[[], None]:
+        def run() -> None:
+            time.sleep(0.05)
+            if number == 1:
+                raise RuntimeError("a broken job")  # logged; the next one still runs
+            done.append(number)
+        return run
+
+    for number in range(4):
+        writer.submit(job(number))
+    writer.drain()
+    assert done == [0, 2, 3] and writer.pending == 0
+    writer.submit(job(5))  # a drained writer takes new work
+    writer.drain()
+    assert done == [0, 2, 3, 5]
 
 
 def test_run_study_ends_the_parent_run_failed_when_the_coordinator_fails(store, monkeypatch):

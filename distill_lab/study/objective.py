@@ -8,7 +8,9 @@ the worker loop decides the trial's state once and tells it once (`workers.run_o
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import statistics
 import time
 from typing import Any, Callable
@@ -33,6 +35,7 @@ from distill_lab.teacher import Teacher, prepare_teacher
 from distill_lab.artifacts import confusion_figure, predictions_tsv
 from distill_lab.tracking import RunHandle, Tracker
 
+log = logging.getLogger(__name__)
 Stage = Callable[[str, int, int], None]
 # A running trial writes where it is (seed, stage, step) to its Optuna user attrs at most this often:
 # `study status` shows it, with the time left, for trials on any machine of the study.
@@ -55,12 +58,17 @@ def check_against_models(spec: StudySpec) -> tuple[int, int]:
 
 
 def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experiment_id: str, parent_run_id: str,
-              stage: Stage | None = None) -> float:
-    """The objective: every seed of one sampled setting; returns the mean dev F1 of the kept checkpoints."""
+              stage: Stage | None = None, defer: Callable[[Callable[[], None]], None] | None = None) -> float:
+    """The objective: every seed of one sampled setting; returns the mean dev F1 of the kept checkpoints.
+
+    `defer`: takes the job that writes the trial's artifacts and then ends its run FINISHED, for the
+    caller to run after it has told Optuna (off the trial's critical path). Without it the job runs
+    here, before the value is returned.
+    """
     params = sampled_params(trial, ctx)
     base = resolve(ctx.spec, params)
     with tracker.run(experiment_id, naming.run_name(trial.number, base), tags=_trial_tags(trial, ctx, base),
-                     parent_run_id=parent_run_id, finished_on=(optuna.TrialPruned,)) as run:
+                     parent_run_id=parent_run_id, finished_on=(optuna.TrialPruned,), keep_open=True) as run:
         trial.set_user_attr("mlflow_run_id", run.run_id)
         run.log_params({**base.flat(), "study.seeds": ctx.seeds, "optuna.trial_number": trial.number,
                         "optuna.params": json.dumps(params, default=str)})
@@ -75,9 +83,27 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
                 run.set_tags({OPTUNA_STATE: "FAIL"})
             raise
         value = _log_final(run, results, trial)
-        _log_artifacts(run, results[0], base, ctx)
         run.set_tags({OPTUNA_STATE: "COMPLETE"})
+    finish = functools.partial(_finish_run, tracker, run, results[0], base, ctx, deferred=defer is not None)
+    if defer is None:
+        finish()
+    else:
+        defer(finish)
     return value
+
+
+def _finish_run(tracker: Tracker, run: RunHandle, result: RunResult, config: RunConfig, ctx: StudyContext, *,
+                deferred: bool) -> None:
+    """A completed trial's artifacts, then its run ended FINISHED: all present once it is. An artifact
+    that cannot be written is tagged on the run; the trial's result stands."""
+    try:
+        _log_artifacts(run, result, config, ctx)
+    except Exception as err:  # noqa: BLE001 - e.g. an artifact store that refuses: said on the run, not lost
+        log.warning("trial run %s: artifacts not written: %r", run.run_id, err)
+        with contextlib.suppress(Exception):
+            run.set_tags({"artifact_error": repr(err)[:5000]})
+    finally:
+        tracker.close(run, "FINISHED", others_logging=deferred)  # deferred: the next trial may be logging
 
 
 def _trial_tags(trial: optuna.Trial, ctx: StudyContext, base: RunConfig) -> dict[str, Any]:

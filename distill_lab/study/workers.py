@@ -28,6 +28,7 @@ from distill_lab.runtime import quiet_libraries
 from distill_lab.signals import deferred_interrupts, interrupted, worker_interrupts
 from distill_lab.spec import StudySpec
 from distill_lab.study import optuna_compat
+from distill_lab.study.background import BackgroundWriter
 from distill_lab.study.objective import Stage, run_trial
 from distill_lab.study.storage import FINISHED_STATES, StudyContext, open_storage, owner_alive, owner_name
 from distill_lab.study.summary import state_counts
@@ -122,8 +123,9 @@ def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -
     That happens when a worker is killed -9 or its heartbeat went stale. Matching goes through the
     run's `optuna_trial_id` tag, which is set when the run is created (no race with the trial attr).
     The runs are read before the trials, and only a FAIL trial (or one this study does not have)
-    orphans its run: a trial asked after the read, or one that completed after it (its owner ends
-    the run FINISHED before it tells the trial), is never mistaken for a dead one.
+    orphans its run: a trial asked after the read is never mistaken for a dead one. A COMPLETE
+    trial's run stays RUNNING while its worker writes the artifacts (after the tell); it is ended
+    here only when that worker is a local process that is gone: FINISHED, its artifacts said lost.
     """
     candidates = [run for run in tracker.runs_in_state(experiment_id)
                   if run.data.tags.get(STUDY_TAG) == study.study_name and run.data.tags.get(ROLE) == TRIAL]
@@ -133,11 +135,17 @@ def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -
     ended = 0
     for run in candidates:
         trial = trials.get(int(run.data.tags.get(TRIAL_ID, -1)))
-        if trial is not None and trial.state != TrialState.FAIL:
+        completed_by_dead = trial is not None and trial.state == TrialState.COMPLETE and \
+            not owner_alive(trial.user_attrs.get("worker") or "")
+        if trial is not None and trial.state != TrialState.FAIL and not completed_by_dead:
             continue
         if tracker.client.get_run(run.info.run_id).info.status != "RUNNING":
             continue  # its owner ended it after the first read (an interrupted worker ends it, then fails the trial)
-        if trial is not None and trial.user_attrs.get("fail_reason") == "interrupted":
+        if completed_by_dead:
+            with contextlib.suppress(Exception):
+                tracker.client.set_tag(run.info.run_id, "artifact_error", "lost: the worker died before writing them")
+                tracker.end_run(run.info.run_id, "FINISHED")
+        elif trial is not None and trial.user_attrs.get("fail_reason") == "interrupted":
             # Its worker was interrupted and failed the trial, but could not end the run (the
             # store did not answer in time): the run was stopped, not broken.
             _end_run_failed(tracker, run.info.run_id, "interrupted before the run ended", status="KILLED")
@@ -177,6 +185,7 @@ class Worker:
         self.grid = search_space.is_grid(ctx.spec)
         self.heartbeat = optuna_compat.heartbeat_enabled(self.study)
         self.failures = 0
+        self.writer = BackgroundWriter()  # completed trials' artifacts, after the tell
 
     def next_step(self, started: float) -> str:
         """`take` a new trial, `wait` for a running one that may still come back, or `stop`."""
@@ -206,10 +215,11 @@ class Worker:
     def run_one(self, trial: optuna.Trial) -> TrialState:
         """Run one trial: one try, its state decided once, one `tell` (an interrupt is re-raised after it)."""
         value, state, interrupt = None, TrialState.FAIL, None
+        finishing: list[Callable[[], None]] = []  # the completed run's artifacts and end, after the tell
         try:
             with optuna_compat.heartbeat(self.study, trial):
                 value = run_trial(trial, self.ctx, self.tracker, self.experiment_id, self.parent_run_id,
-                                  stage=self.stage)
+                                  stage=self.stage, defer=finishing.append)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
@@ -225,9 +235,15 @@ class Worker:
             trial.set_user_attr("fail_reason", "interrupted")
         # skip_if_finished: a trial judged stale (starved heartbeat) was already failed and re-queued.
         # Interrupts wait for the tell: a FINISHED run must not end up beside a FAIL trial.
-        with deferred_interrupts():
-            self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state,
-                            skip_if_finished=True)
+        try:
+            with deferred_interrupts():
+                self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state,
+                                skip_if_finished=True)
+        finally:
+            for job in finishing:  # on the background thread; here at once when the worker is stopping
+                self.writer.submit(job)
+            if interrupt is not None:
+                self.writer.drain()
         if interrupt is not None:
             if state is TrialState.FAIL:
                 self._after_interrupted(trial)
@@ -248,6 +264,13 @@ def work(ctx: StudyContext, *, worker: int = 0, on_trial: Callable[[optuna.Study
          stage: Stage | None = None, storage: optuna.storages.BaseStorage | None = None) -> None:
     """One worker: take trials until the study has n_trials finished (or the grid is exhausted)."""
     loop = Worker(ctx, worker=worker, stage=stage, storage=storage)
+    try:
+        _take_trials(loop, ctx, on_trial)
+    finally:
+        loop.writer.drain()  # every completed trial's artifacts written and its run ended before the worker goes
+
+
+def _take_trials(loop: Worker, ctx: StudyContext, on_trial: Callable[[optuna.Study], None] | None) -> None:
     started = time.monotonic()
     while (step := loop.next_step(started)) != "stop":
         if step == "wait":
