@@ -41,7 +41,8 @@ results: results-history results-headline results-claims
 # no-KD twin (3 seeds each), their run records (results/records, committed) and the page rebuilt
 # from those records. Wall time: the sum of each part's measured wall time is in docs/results.md
 # ("Regenerating everything"); it has not been timed as one continuous run.
-HEADLINE := headline_recipe headline_teacher headline_augment headline_init_source headline_init_layers
+HEADLINE := headline_recipe headline_teacher headline_augment headline_init_source headline_init_layers \
+	headline_init_both headline_hidden headline_budget headline_teacher_seed
 results-headline: $(STAMP)
 	mkdir -p results
 	for study in $(HEADLINE); do \
@@ -57,7 +58,7 @@ results-headline: $(STAMP)
 # `precision: auto`, and the low-resource regime (2,000 gold sentences + unlabeled transfer text:
 # KD vs no KD, a narrow student's projection): their records, curves and the page from them.
 # Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
-CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights
+CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights lowres_augment
 CURVES := lowres_transfer lowres_width
 results-claims: $(STAMP)
 	mkdir -p results
