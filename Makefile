@@ -73,7 +73,7 @@ results-claims: $(STAMP)
 
 # Rebuild docs/results.md's record-backed regions from the committed run records alone (seconds).
 report-records: $(STAMP)
-	$(BIN)/distill-lab report --records results/records --analysis --update docs/results.md
+	$(BIN)/distill-lab report --records results/records --analysis --comparisons results/comparisons.yaml --update docs/results.md
 
 results-history: $(STAMP)
 	mkdir -p results

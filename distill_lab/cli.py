@@ -233,6 +233,8 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
                                                   "`records export` file or directory) instead of a store."),
            log_to_runs: bool = typer.Option(False, "--log-to-runs", help="With --analysis: also log the "
                                             "temperature-fit plot and JSON to each study's parent run."),
+           comparisons: Optional[Path] = typer.Option(None, "--comparisons", help="With --update: a YAML file of "
+                                                      "cross-study comparisons that fills `comparisons=` regions."),
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """Rebuild the experiment table (teacher/student, setting, init, score) from tracked runs."""
     from distill_lab import report_table as reporting
@@ -245,9 +247,11 @@ def report(study: Optional[list[str]] = typer.Option(None, "--study", help="Stud
     uri = default_tracking_uri(tracking_uri)
     options = {"records": records, "tracking_uri": uri, "fmt": fmt, "lang": lang, "analysis": analysis,
                "log_to_parent": log_to_runs}
+    if comparisons is not None and update is None:
+        raise DistillLabError("--comparisons fills the regions of a document: use it with --update FILE")
     if update is not None:
         source = f"run records {records}" if records is not None else uri
-        for names in update_document(update, study, **options):
+        for names in update_document(update, study, comparisons=comparisons, **options):
             console.print(f"kept the region of {', '.join(names or [])}: not all of its studies are in {source}")
         console.print(f"updated the report regions of {update}")
         return

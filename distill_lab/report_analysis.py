@@ -15,9 +15,10 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from distill_lab.analysis import compare_groups, fit_temperature, temperature_figure
+from distill_lab.comparisons import comparison_table, load_comparisons
 from distill_lab.record_schema import ROLE, STUDY, STUDY_TAG, StudyRecord, tag
 from distill_lab.report_table import experiment_table, render, seed_rows, update_regions
-from distill_lab.records import UnknownStudyError, load_records, load_runs
+from distill_lab.records import ReportError, UnknownStudyError, load_records, load_runs
 
 
 def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = False,
@@ -241,8 +242,12 @@ def report_text(studies: Sequence[str] | None, *, records: Path | None, tracking
     return text
 
 
-def update_document(path: Path, studies: Sequence[str] | None, **options: Any) -> list[list[str] | None]:
-    """Regenerate every report region of `path`; returns the regions kept because their studies are elsewhere."""
+def update_document(path: Path, studies: Sequence[str] | None, *, comparisons: Path | None = None,
+                    **options: Any) -> list[list[str] | None]:
+    """Regenerate every report region of `path`; returns the regions kept because their studies are elsewhere.
+
+    `comparisons`: the cross-study comparisons file whose groups fill `comparisons=` regions.
+    """
     def region_text(names: list[str] | None) -> str | None:
         if names is None:  # a plain region: the command's own study selection
             return report_text(studies, **options)
@@ -251,4 +256,17 @@ def update_document(path: Path, studies: Sequence[str] | None, **options: Any) -
         except UnknownStudyError:  # regenerated where its studies' runs are
             return None
 
-    return update_regions(path, region_text)
+    groups = load_comparisons(comparisons) if comparisons is not None else {}
+
+    def compare_text(group: str) -> str | None:
+        if group not in groups:
+            raise ReportError(f"--update {path}: region comparisons={group} is not a group of {comparisons}")
+        needed = sorted({study for item in groups[group] for study in item.studies()})
+        try:
+            runs = (load_records(options["records"], needed) if options.get("records") is not None
+                    else load_runs(options["tracking_uri"], needed))
+        except UnknownStudyError:  # regenerated where its studies' runs are
+            return None
+        return comparison_table(seed_rows(runs), groups[group])
+
+    return update_regions(path, region_text, compare_text if comparisons is not None else None)

@@ -24,7 +24,8 @@ BEGIN = "<!-- distill-lab:report:begin -->"
 END = "<!-- distill-lab:report:end -->"
 # A region may name its studies: <!-- distill-lab:report:begin studies=a,b -->. One document can then
 # hold several regions, each regenerated from its own studies' runs (e.g. from separate stores).
-REGION_BEGIN = re.compile(r"<!-- distill-lab:report:begin(?: studies=([\w.-]+(?:,[\w.-]+)*))? -->")
+# <!-- distill-lab:report:begin comparisons=group --> holds a group of cross-study comparisons.
+REGION_BEGIN = re.compile(r"<!-- distill-lab:report:begin(?: (studies|comparisons)=([\w.-]+(?:,[\w.-]+)*))? -->")
 GROUP_KEYS = ["study", "pair", "setting", "init"]
 HEADERS = {
     "en": {"pair": "teacher / student", "setting": "setting", "init": "init", "score": "score (dev F1)"},
@@ -186,11 +187,13 @@ def write_atomic(path: Path, text: str) -> None:
         raise ReportError(f"{path}: cannot write ({err.strerror})") from None
 
 
-def update_regions(path: Path, render: Callable[[list[str] | None], str | None]) -> list[list[str] | None]:
+def update_regions(path: Path, render: Callable[[list[str] | None], str | None],
+                   compare: Callable[[str], str | None] | None = None) -> list[list[str] | None]:
     """Rewrite every report region of `path` with `render(its studies)`; other bytes stay as they were.
 
     `render` gets the region's `studies=` list (None for a plain region) and returns its new text,
-    or None to keep the region as it is. Returns the study lists of the regions that were kept.
+    or None to keep the region as it is; a `comparisons=` region goes to `compare(group)` (kept when
+    there is none). Returns the study lists of the regions that were kept.
     """
     path = Path(path)
     if not path.is_file():
@@ -208,8 +211,12 @@ def update_regions(path: Path, render: Callable[[list[str] | None], str | None])
         end = original.find(END, begin.end())  # the END that follows this BEGIN
         if end < 0:
             break
-        studies = begin.group(1).split(",") if begin.group(1) else None
-        content = render(studies)
+        studies = begin.group(2).split(",") if begin.group(2) else None
+        if begin.group(1) == "comparisons":
+            content = compare(studies[0]) if compare is not None else None
+            studies = [f"comparisons={studies[0]}"]
+        else:
+            content = render(studies)
         pieces.append(original[position:begin.end()])
         if content is None:
             kept.append(studies)
