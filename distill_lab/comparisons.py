@@ -108,4 +108,4 @@ def comparison_table(rows: pd.DataFrame, comparisons: list[Comparison]) -> str:
         lines.append(f"| {item.label} | {_interval(dev, base_dev)} | {detectable_difference(dev, base_dev):.2f} | "
                      f"{_interval(test, base_test)} | {len(dev)} / {len(base_dev)} | {_runs(arm)} / {_runs(base)} |")
     return "\n".join(lines) + "\n\nFrom `" + "`, `".join(sorted({s for c in comparisons for s in c.studies()})) + \
-        "` (cross-study pairs that share a teacher; 95 % Welch intervals over seeds, none corrected for multiplicity).\n"
+        "` (pairs of arms across studies; 95 % Welch intervals over seeds, none corrected for multiplicity).\n"
