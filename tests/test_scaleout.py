@@ -82,8 +82,11 @@ def mlflow_server(databases: dict[str, str], tmp_path: Path):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", databases["mlflow"],
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "2"],
-        # MLflow's job runner starts ~8 consumer processes that nothing here uses.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        # MLflow's job runner starts ~8 consumer processes that nothing here uses. The pool bound is
+        # compose's: 2 workers x (2 + 3) connections, not SQLAlchemy's 2 x (5 + 10), so a slow,
+        # loaded run cannot take a third of the shared server's 100 connections by itself.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
+             "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "3"},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
