@@ -288,7 +288,11 @@ def copy_classifier(source: nn.Module, target: nn.Module) -> None:
 def initialise_student(student: nn.Module, strategy: str, layers_choice: str | Sequence[int], *,
                        fine_tuned_teacher: nn.Module | None, pretrained_source: nn.Module | None,
                        source_name: str) -> InitReport:
-    """Apply an init strategy: teacher | pretrained | checkpoint | random."""
+    """Apply an init strategy: teacher | pretrained | finetuned | checkpoint | random.
+
+    `teacher` copies from `fine_tuned_teacher`; the others from `pretrained_source` (for `finetuned`,
+    the student's own model fine-tuned on the task, whose classifier is copied too).
+    """
     if strategy == "random":
         return InitReport("random", "random", (), 0, False)
     source = fine_tuned_teacher if strategy == "teacher" else pretrained_source
@@ -297,7 +301,7 @@ def initialise_student(student: nn.Module, strategy: str, layers_choice: str | S
     layers = select_layers(layers_choice, num_layers(source), num_layers(student))
     copied = copy_encoder_weights(source, student, layers, what=f"student.init ({strategy} from {source_name})")
     classifier = False
-    if strategy == "teacher":
+    if strategy in ("teacher", "finetuned"):
         copy_classifier(source, student)
         classifier = True
     return InitReport(strategy, source_name, tuple(enumerate(layers)), copied, classifier)

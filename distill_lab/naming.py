@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill_lab.packaged import PACKAGED
 from distill_lab.spec import RunConfig
 
 INIT_NAMES = {
     "teacher": "fine-tuned teacher weights",
     "pretrained": "pretrained weights",
+    "finetuned": "fine-tuned own weights",
     "random": "random",
 }
 
@@ -76,7 +78,9 @@ def student_name(layers: int, init_strategy: str) -> str:
 
 def student_model_name(config: RunConfig, teacher_display: str, layers: int) -> str:
     """'MiniLM (3 layers)': the family of the model the student is built from, and its depth."""
-    if config.student.model:
+    if config.student.model in PACKAGED:  # 'minilm-l6' -> 'MiniLM', as a student cut from that teacher reads
+        family = PACKAGED[config.student.model][1].split("-")[0]
+    elif config.student.model:
         family = config.student.model.rstrip("/").split("/")[-1]
     else:
         family = teacher_display.split("-")[0]

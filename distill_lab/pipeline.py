@@ -25,7 +25,7 @@ from distill_lab.errors import ModelError, SpecError
 from distill_lab.evaluation import Scores, diagnose, entity_types, evaluate
 from distill_lab.plan import RunPlan, load_plan
 from distill_lab.spec import RunConfig
-from distill_lab.teacher import Teacher, prepare_teacher
+from distill_lab.teacher import Teacher, prepare_init_source, prepare_teacher
 
 StageCallback = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -93,8 +93,13 @@ class RunResult:
         }
 
 
-def build_student(config: RunConfig, teacher: Teacher, labels: tuple[str, ...]) -> tuple[torch.nn.Module, Any, models.InitReport]:
-    """Construct the student (from the teacher's config or its own reference) and initialise it."""
+def build_student(config: RunConfig, teacher: Teacher, labels: tuple[str, ...], *,
+                  init_source: Teacher | None = None) -> tuple[torch.nn.Module, Any, models.InitReport]:
+    """Construct the student (from the teacher's config or its own reference) and initialise it.
+
+    `init_source`: for init strategy `finetuned`, the student's own model fine-tuned on the task
+    (`prepare_init_source`).
+    """
     spec = config.student
     init = spec.init
     if spec.from_teacher is not None:
@@ -108,6 +113,8 @@ def build_student(config: RunConfig, teacher: Teacher, labels: tuple[str, ...]) 
         assert spec.model is not None
         pretrained_ref = models.resolve_reference(spec.model, field="student.model")
         student_config = models.load_config(pretrained_ref)
+        if spec.num_layers is not None:  # checked against the model by the run's plan
+            student_config = models.student_config_from_teacher(student_config, num_layers=spec.num_layers)
         tokenizer = models.load_tokenizer(pretrained_ref, student_config.model_type)
     # Seeded before construction so the random parts (head, non-copied layers) repeat exactly.
     transformers.set_seed(config.training.seed)
@@ -120,6 +127,11 @@ def build_student(config: RunConfig, teacher: Teacher, labels: tuple[str, ...]) 
         checkpoint_ref = models.resolve_reference(init.checkpoint or "", field="student.init.checkpoint")
         pretrained_source = models.load_backbone(checkpoint_ref)
         source_name = f"checkpoint {init.checkpoint}"
+    elif init.strategy == "finetuned":
+        if init_source is None:
+            raise ModelError("student.init.strategy 'finetuned': the fine-tuned student model was not prepared")
+        pretrained_source = init_source.model
+        source_name = f"fine-tuned {init_source.ref.display_name} (dev F1 {100 * init_source.dev_f1:.2f})"
     elif init.strategy == "teacher":
         source_name = f"fine-tuned {teacher.ref.display_name}"
     report = models.initialise_student(
@@ -154,7 +166,10 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     teacher = prepare_teacher(config, corpus, device=device, progress=report("teacher fine-tune"),
                               precision=run_precision)
     teacher.model.to(device).eval()
-    student, tokenizer, init_report = build_student(config, teacher, labels)
+    init_source = (prepare_init_source(config, corpus, device=device, precision=run_precision,
+                                       progress=report("student init fine-tune"))
+                   if config.student.init.strategy == "finetuned" else None)
+    student, tokenizer, init_report = build_student(config, teacher, labels, init_source=init_source)
     splits = _encode(config, corpus, tokenizer, teacher.tokenizer, plan, shared_corpus=shared_corpus)
     objective = _objective(config, plan, teacher, student, splits["teacher_train"], device, run_precision,
                            class_weights)

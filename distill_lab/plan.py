@@ -52,9 +52,11 @@ def plan_run(config: RunConfig, teacher_config: Any, *, student_config: Any | No
     else:
         check_max_length(config.data.max_length, student_config, "student")
         _check_copyable(config, student_config, teacher_config)
-        n_student = n_pretrained = models.num_layers(student_config)
+        n_pretrained = models.num_layers(student_config)
+        n_student = _check_own_depth(config, n_pretrained)
     strategy, choice = config.student.init.strategy, config.student.init.layers
-    sources = {"teacher": n_teacher, "pretrained": n_pretrained, "checkpoint": init_source_layers}
+    sources = {"teacher": n_teacher, "pretrained": n_pretrained, "finetuned": n_pretrained,
+               "checkpoint": init_source_layers}
     init_layers = tuple(models.select_layers(choice, sources[strategy], n_student)) if strategy in sources else ()
     distill = config.distill
     spec = distill.layer_mapping
@@ -103,6 +105,15 @@ def _check_student_shape(config: RunConfig, teacher_config: Any, n_teacher: int)
                 f"init strategy {strategy!r} cannot copy its weights (shapes differ); use init "
                 "strategy 'random' or the teacher's width")
     return shape.num_layers
+
+
+def _check_own_depth(config: RunConfig, n_model: int) -> int:
+    """A student with its own model: its depth (student.num_layers, else the model's) against what the init copies."""
+    wanted, strategy = config.student.num_layers, config.student.init.strategy
+    if wanted is not None and wanted > n_model and strategy in ("pretrained", "finetuned"):
+        raise SpecError(f"student.num_layers: {wanted} exceeds {config.student.model}'s {n_model} layers "
+                        f"(allowed 1..{n_model} with init strategy {strategy!r})")
+    return wanted or n_model
 
 
 def _check_copyable(config: RunConfig, student_config: Any, teacher_config: Any) -> None:

@@ -19,7 +19,7 @@ from distill_lab.data.corpus import NerCorpus, fingerprint
 from distill_lab.distill.engine import Objective, Progress, TrainRecipe, train
 from distill_lab.evaluation import evaluate
 from distill_lab.paths import home_dir
-from distill_lab.spec import RunConfig
+from distill_lab.spec import RunConfig, TeacherSpec
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the fine-tune procedure changes, so old teachers are not reused
@@ -135,6 +135,23 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
     model.eval()
     return _remember(Teacher(model, tokenizer, ref, result.best_dev_f1, test_scores.f1, key, str(directory), False,
                              result.wall_seconds))
+
+
+def prepare_init_source(config: RunConfig, corpus: NerCorpus, *, device: torch.device,
+                        progress: Progress | None = None, precision: str = "fp32") -> Teacher:
+    """Init strategy `finetuned`: the student's own model fine-tuned on the task with `init.finetune`.
+
+    Fine-tuned, cached and reused exactly as a teacher of that model and recipe would be (same
+    fingerprint): a study whose KD teacher is another model reuses this fine-tune across trials,
+    and another study's teacher of the same model and recipe is the same directory.
+    """
+    student = config.student
+    assert student.model is not None and student.init.finetune is not None  # the spec checks both
+    own = TeacherSpec(model=student.model, finetune=student.init.finetune)
+    source = prepare_teacher(config.model_copy(update={"teacher": own}), corpus, device=device,
+                             progress=progress, precision=precision)
+    source.model.eval()
+    return source
 
 
 def _remember(teacher: Teacher) -> Teacher:

@@ -83,14 +83,25 @@ class FromTeacherSpec(_Model):
 
 
 class InitSpec(_Model):
-    strategy: Literal["teacher", "pretrained", "checkpoint", "random"] = "teacher"
+    # finetuned: student.model fine-tuned on the task with `finetune` (cached like a teacher), then cut:
+    # a fine-tuned init when the KD teacher is another (bigger, other-family) model.
+    strategy: Literal["teacher", "pretrained", "finetuned", "checkpoint", "random"] = "teacher"
     layers: Union[Literal["uniform", "first"], list[int]] = "uniform"
     checkpoint: str | None = None
+    finetune: FinetuneSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recipe(cls, data: Any) -> Any:
+        finetuned = isinstance(data, dict) and data.get("strategy") == "finetuned"
+        return {**data, "finetune": {}} if finetuned and data.get("finetune") is None else data
 
     @model_validator(mode="after")
     def _checkpoint_path(self) -> "InitSpec":
         if self.strategy == "checkpoint" and not self.checkpoint:
             raise ValueError("strategy 'checkpoint' needs 'checkpoint: PATH'")
+        if self.finetune is not None and self.strategy != "finetuned":
+            raise ValueError(f"'finetune' only applies to strategy 'finetuned', not '{self.strategy}'")
         if isinstance(self.layers, list) and any(i < 0 for i in self.layers):
             raise ValueError(f"layers must be non-negative teacher layer indices, got {self.layers}")
         return self
@@ -99,6 +110,7 @@ class InitSpec(_Model):
 class StudentSpec(_Model):
     from_teacher: FromTeacherSpec | None = None
     model: str | None = None
+    num_layers: int | None = Field(None, ge=1)  # with `model`: keep this many layers (init.layers picks them)
     init: InitSpec = InitSpec()
 
     @model_validator(mode="before")
@@ -110,6 +122,15 @@ class StudentSpec(_Model):
             elif data.get("from_teacher") is not None and data.get("model") is not None:
                 raise ValueError("set either 'from_teacher' or 'model', not both")
         return data
+
+    @model_validator(mode="after")
+    def _own_model_fields(self) -> "StudentSpec":
+        if self.num_layers is not None and self.model is None:
+            raise ValueError("'num_layers' needs the student's own 'model' (else use from_teacher.num_layers)")
+        if self.init.strategy == "finetuned" and self.model is None:
+            raise ValueError("init strategy 'finetuned' fine-tunes the student's own 'model' (set student.model); "
+                             "for the teacher's weights use init strategy 'teacher'")
+        return self
 
 
 # --------------------------------------------------------------------------- training
@@ -375,6 +396,3 @@ class RunConfig(_Model):
     def flat(self) -> dict[str, Any]:
         """Dotted-key view of the config, as logged to tracking."""
         return flatten(self.model_dump(mode="json"))
-
-
-

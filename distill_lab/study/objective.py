@@ -31,7 +31,7 @@ from distill_lab.spec import RunConfig, StudySpec, resolve
 from distill_lab.study import optuna_compat
 from distill_lab.study.storage import StudyContext
 from distill_lab.study.summary import sampled_params
-from distill_lab.teacher import Teacher, prepare_teacher
+from distill_lab.teacher import Teacher, prepare_init_source, prepare_teacher
 from distill_lab.artifacts import confusion_figure, predictions_tsv
 from distill_lab.tracking import RunHandle, Tracker
 
@@ -243,9 +243,12 @@ def prepare_shared_teacher(ctx: StudyContext, tracker: Tracker, experiment_id: s
     device = resolve_device(config.training.device)
     # The same precision the trials resolve: otherwise the study fine-tunes an fp32 teacher here and
     # every trial a second, bf16 one (another cache key).
-    teacher = prepare_teacher(config, corpus_for(config), device=device,
-                              precision=precision.resolve(config.training.precision, device),
+    run_precision = precision.resolve(config.training.precision, device)
+    teacher = prepare_teacher(config, corpus_for(config), device=device, precision=run_precision,
                               progress=stage and (lambda done, total: stage("teacher fine-tune", done, total)))
+    if config.student.init.strategy == "finetuned":  # the student's own fine-tune, also once before workers
+        prepare_init_source(config, corpus_for(config), device=device, precision=run_precision,
+                            progress=stage and (lambda done, total: stage("student init fine-tune", done, total)))
     if tracker.find_run(experiment_id, {ROLE: TEACHER, TEACHER_FINGERPRINT: teacher.fingerprint}) is None:
         _log_teacher_run(ctx, config, teacher, tracker, experiment_id, parent_run_id)
     return teacher

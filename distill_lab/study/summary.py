@@ -90,8 +90,8 @@ def layer_counts(spec: StudySpec) -> tuple[int, int]:
                                            field="teacher.model")
     n_teacher = models.num_layers(models.load_config(teacher_ref))
     if spec.student.model:
-        n_student = models.num_layers(models.load_config(models.resolve_reference(spec.student.model,
-                                                                                  field="student.model")))
+        n_student = spec.student.num_layers or models.num_layers(models.load_config(models.resolve_reference(
+            spec.student.model, field="student.model")))
     else:
         n_student = spec.student.from_teacher.num_layers if spec.student.from_teacher else 3
     return n_teacher, n_student
