@@ -68,10 +68,12 @@ results-headline: $(STAMP)
 
 # The seed's claims on induced failures (the diagnosis mind-map), the fp32 / bf16 gate of
 # `precision: auto`, and the low-resource regime (2,000 gold sentences + unlabeled transfer text:
-# KD vs no KD, a narrow student's projection): their records, curves and the page from them.
+# KD vs no KD, a narrow student's projection, dev F1 vs T beside the no-KD line): their records, curves and
+# the page from them.
 # Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
-CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights lowres_augment
-CURVES := lowres_transfer lowres_width
+CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights lowres_augment \
+	lowres_temperature lowres_temperature_nokd
+CURVES := lowres_transfer lowres_width lowres_temperature
 results-claims: $(STAMP)
 	mkdir -p results
 	for study in $(CLAIMS); do \
@@ -81,6 +83,8 @@ results-claims: $(STAMP)
 	for study in $(CURVES); do \
 		$(BIN)/distill-lab records curves results/records --study $$study --out docs/img/$$study/dev_curves.png || exit 1; \
 	done
+	$(BIN)/distill-lab records temperature results/records --study lowres_temperature --baseline lowres_temperature_nokd \
+		--out docs/img/lowres_temperature/temperature_curve.png
 	$(MAKE) report-records
 
 # Rebuild docs/results.md's record-backed regions from the committed run records alone (seconds).

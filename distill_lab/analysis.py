@@ -260,11 +260,27 @@ def compare_groups(frame: pd.DataFrame, factor: str, *, reference: str | None = 
     return GroupComparison(factor, reference, rows)
 
 
-def temperature_figure(fit: TemperatureFit, title: str = "dev F1 vs temperature") -> Any:
-    """Points with seed error bars, the fitted curve and the T* band (matplotlib figure)."""
+@dataclass(frozen=True)
+class Baseline:
+    """A reference arm drawn across the temperature plot (e.g. the no-KD twin): its seeds' mean ± std."""
+
+    label: str
+    mean: float
+    std: float
+    seeds: int
+
+
+def temperature_figure(fit: TemperatureFit, title: str = "dev F1 vs temperature", *,
+                       baseline: Baseline | None = None) -> Any:
+    """Points with seed error bars, the fitted curve, the T* band and a baseline's line (matplotlib figure)."""
     figure = Figure(figsize=(6.4, 4.0))  # the object API: no pyplot global state to close
     axes = figure.subplots()
     temps = np.asarray(fit.temperatures)
+    if baseline is not None:
+        axes.axhspan((baseline.mean - baseline.std) * 100, (baseline.mean + baseline.std) * 100, alpha=0.15,
+                     color="tab:gray")
+        axes.axhline(baseline.mean * 100, color="tab:gray", linestyle=":",
+                     label=f"{baseline.label}: {baseline.mean * 100:.2f} ± {baseline.std * 100:.2f} (n={baseline.seeds})")
     axes.errorbar(temps, np.asarray(fit.means) * 100, yerr=np.asarray(fit.stds) * 100, fmt="o", capsize=4,
                   label="mean ± std over seeds")
     grid = np.exp(np.linspace(math.log(temps.min()), math.log(temps.max()), 200))

@@ -44,6 +44,26 @@ def records_curves(records: Path = typer.Argument(..., help="A `records export` 
     out.print(f"wrote {out_file}", highlight=False, soft_wrap=True)
 
 
+@records_app.command("temperature")
+def records_temperature(records: Path = typer.Argument(..., help="A `records export` file or a directory of them."),
+                        study: str = typer.Option(..., "--study", help="A study that searched distill.temperature."),
+                        baseline: Optional[str] = typer.Option(None, "--baseline", help="A one-arm study drawn as a "
+                                                               "horizontal line (e.g. the no-KD twin)."),
+                        out_file: Path = typer.Option(..., "--out", help="PNG to write.")) -> None:
+    """Dev F1 vs temperature from a study's run records: seeds, the fit in log T, T*, and a baseline's line."""
+    from distill_lab.report_analysis import temperature_plot
+
+    fit, reference = temperature_plot(records, study, out_file, baseline=baseline)
+    for temperature, mean, std, count in zip(fit.temperatures, fit.means, fit.stds, fit.counts):
+        above = f", {100 * (mean - reference.mean):+.2f} vs baseline" if reference else ""
+        out.print(f"T={temperature:g}: {mean * 100:.2f} ± {std * 100:.2f} (n={count}){above}", highlight=False)
+    if reference:
+        out.print(f"baseline {reference.label}: {reference.mean * 100:.2f} ± {reference.std * 100:.2f} "
+                  f"(n={reference.seeds})", highlight=False, soft_wrap=True)
+    out.print(f"verdict: {fit.verdict} — {fit.detail}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_file}", highlight=False, soft_wrap=True)
+
+
 dashboard_app = typer.Typer(help="Study dashboards: a static HTML page, or optuna-dashboard.", no_args_is_help=True)
 
 

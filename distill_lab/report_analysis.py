@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from distill_lab.analysis import compare_groups, fit_temperature, temperature_figure
+from distill_lab.analysis import Baseline, TemperatureFit, compare_groups, fit_temperature, temperature_figure
 from distill_lab.comparisons import comparison_table, load_comparisons
 from distill_lab.record_schema import ROLE, STUDY, STUDY_TAG, StudyRecord, tag
 from distill_lab.report_table import experiment_table, render, seed_rows, update_regions
@@ -42,6 +42,29 @@ def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent
                 client.log_figure(parent, figure, "analysis/temperature_curve.png")
                 client.log_dict(parent, fit.as_dict(), "analysis/temperature_fit.json")
     return results
+
+
+def temperature_plot(records: Path, study: str, out_file: Path, *, baseline: str | None = None,
+                     n_bootstrap: int = 2000) -> tuple[TemperatureFit, Baseline | None]:
+    """Draw a study's dev F1 vs T from its run records, with `baseline` (a study of one arm, e.g. the
+    no-KD twin) as a horizontal line: does any temperature beat not distilling at all?"""
+    runs = load_records(records, [study] + ([baseline] if baseline else []))
+    fits = dict(temperature_sections(runs[runs[tag(STUDY_TAG)] == study], "", n_bootstrap=n_bootstrap))
+    if study not in fits:
+        raise ReportError(f"study {study!r}: its records hold no search over 3 or more temperatures")
+    reference = None
+    if baseline:
+        rows = seed_rows(runs[runs[tag(STUDY_TAG)] == baseline])
+        arms = rows.groupby(["setting", "init"]).ngroups if not rows.empty else 0
+        if arms != 1:
+            raise ReportError(f"--baseline {baseline}: needs finished runs of exactly one arm, found {arms}")
+        label = f"{baseline} ({rows['setting'].iloc[0]})"
+        reference = Baseline(label, float(rows["dev_f1"].mean()), float(rows["dev_f1"].std(ddof=1) if len(rows) > 1
+                                                                         else 0.0), len(rows))
+    figure = temperature_figure(fits[study], f"{study}: dev F1 vs T", baseline=reference)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_file, dpi=110)
+    return fits[study], reference
 
 
 @dataclass(frozen=True)
