@@ -8,7 +8,6 @@ evaluation step), a band from the lowest to the highest seed, a marker at the me
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from pathlib import Path
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 from distill_lab.errors import DistillLabError
 from distill_lab.record_schema import OPTUNA_STATE, ROLE, STUDY_TAG, TRIAL
 from distill_lab.records import export_paths, load
+from distill_lab.report_table import unnamed_params
 
 _SEED_CURVE = re.compile(r"^(?:seed(-?\d+)_)?dev_f1$")
 SETTING, INIT = "setting", "init"  # the trial-run tags that name an arm (TrialStart)
@@ -30,12 +30,7 @@ _NAMED = ("distill", "student.init", "data.transfer", "data.augment", "data.corr
 
 
 def _sampled(record: dict[str, Any]) -> dict[str, str]:
-    try:
-        params = json.loads(record["params"].get("optuna.params") or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-            for key, value in params.items() if not key.startswith(_NAMED)}
+    return unnamed_params(record["params"].get("optuna.params") or "{}", _NAMED)
 
 
 def _arms(trials: list[dict[str, Any]]) -> list[str]:

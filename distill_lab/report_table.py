@@ -9,6 +9,7 @@ last step's value.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -40,18 +41,54 @@ EXTRA_HEADERS_ZH = {"test": "测试集 F1", "retention": "保留率", "params": 
 RUN_ID_CHARS = 8  # a prefix that finds the run in the MLflow UI's search and in results/records
 
 
+# Sampled parameters another column already names: the setting (distill.*, the data options), the
+# init, the student's model and depth (student_model), the precision (below).
+NAMED_PARAMS = ("distill", "student.init", "student.model", "student.num_layers", "student.from_teacher.num_layers",
+                "data.transfer", "data.augment", "data.corrupt", "training.precision")
+
+
 def seed_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (finished trial run, seed) with its best dev F1 and test F1.
 
-    Where a study ran arms in more than one precision, the setting says which (the arms would
-    otherwise share one setting label and one table row).
+    Where a study ran arms in more than one precision, the setting says which; where it searched a
+    parameter no column names (a learning rate, epochs, a student width), the setting gains
+    `name=value` for each one its trials differ in. Arms would otherwise share one setting label, and
+    one table row would average different arms as if they were seeds.
     """
     rows = TrialRecord.from_runs(runs)
-    if rows.empty or "precision" not in rows or rows["precision"].isna().all():
+    if rows.empty:
+        return rows
+    rows["setting"] = rows["setting"] + _unnamed_labels(rows)
+    if "precision" not in rows or rows["precision"].isna().all():
         return rows
     mixed = rows.groupby("study")["precision"].transform("nunique") > 1
     rows.loc[mixed, "setting"] = rows.loc[mixed, "setting"] + " " + rows.loc[mixed, "precision"]
     return rows
+
+
+def unnamed_params(sampled: Any, named: tuple[str, ...] = NAMED_PARAMS) -> dict[str, str]:
+    """A trial's sampled parameters (the `optuna.params` JSON) that `named` prefixes leave out, as text."""
+    try:
+        params = json.loads(sampled) if isinstance(sampled, str) else {}
+    except json.JSONDecodeError:
+        return {}
+    return {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in params.items() if not key.startswith(named)}
+
+
+def _unnamed_labels(rows: pd.DataFrame) -> pd.Series:
+    """' lr=5e-05 epochs=6' per row: the unnamed sampled values its study's trials differ in."""
+    labels = pd.Series("", index=rows.index)
+    if "sampled" not in rows:
+        return labels
+    params = rows["sampled"].map(unnamed_params)
+    for _, index in rows.groupby("study").groups.items():
+        study_params = params.loc[index]
+        varying = sorted({key for p in study_params for key in p if len({q.get(key) for q in study_params}) > 1})
+        if varying:
+            labels.loc[index] = study_params.map(
+                lambda p: "".join(f" {key.rsplit('.', 1)[-1]}={p.get(key, '?')}" for key in varying))
+    return labels
 
 
 def experiment_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -656,3 +656,36 @@ def test_arms_that_differ_only_in_precision_get_their_own_setting(tmp_path):
     log_fake_study(uri, "one_precision", temperatures=(4,), rng_seed=2)  # one precision: names unchanged
     rows = reporting.seed_rows(tracked.load_runs(uri))
     assert set(rows.loc[rows["study"] == "one_precision", "setting"]) == {base}
+
+
+def _searched_runs() -> pd.DataFrame:
+    """Four finished trial runs of one study: two learning rates x two student widths, one setting tag."""
+    rows = []
+    for index, (lr, width, layers) in enumerate([(1e-4, 256, 3), (5e-5, 256, 3), (1e-4, 192, 3), (1e-4, 256, 4)]):
+        sampled = {"training.learning_rate": lr, "student.from_teacher.hidden_size": width,
+                   "student.from_teacher.num_layers": layers, "distill.temperature": 8.0}
+        rows.append({"run_id": f"run{index}", "status": "FINISHED", "tags.role": "trial", "tags.optuna_state": "COMPLETE",
+                     "tags.study": "lr", "tags.setting": "T=8 a=0.2/0.8/0", "tags.init": "pretrained weights",
+                     "tags.teacher": "MiniLM-L6 (6 layers)", "tags.student_model": f"MiniLM ({layers} layers)",
+                     "params.optuna.params": json.dumps(sampled),
+                     "metrics.dev_f1_seed1": 0.80 + index / 100, "metrics.test_f1_seed1": 0.70 + index / 100})
+    other = {**rows[0], "run_id": "other", "tags.study": "fixed",
+             "params.optuna.params": json.dumps({"training.learning_rate": 1e-4})}
+    frame = pd.DataFrame(rows + [other])
+    for column in ("metrics.dev_f1", "metrics.test_f1", "metrics.teacher_params"):  # a store's teacher-run columns
+        frame[column] = float("nan")
+    return frame
+
+
+def test_arms_that_differ_in_a_searched_parameter_no_column_names_get_their_own_setting():
+    rows = reporting.seed_rows(_searched_runs()).set_index("run_id")
+    base = "T=8 a=0.2/0.8/0"
+    # The depth is the student column's, the temperature the setting's: only lr and width are added.
+    assert rows["setting"].to_dict() == {
+        "run0": f"{base} hidden_size=256 learning_rate=0.0001", "run1": f"{base} hidden_size=256 learning_rate=5e-05",
+        "run2": f"{base} hidden_size=192 learning_rate=0.0001", "run3": f"{base} hidden_size=256 learning_rate=0.0001",
+        "other": base}  # a study whose trials agree on it keeps its label
+    table = reporting.experiment_table(_searched_runs())
+    assert len(table[table["study"] == "lr"]) == 4 and (table["n"] == 1).all()  # no row averages two arms
+    run1 = table[table["setting"].str.endswith("5e-05")].iloc[0]
+    assert run1["dev_f1_mean"] == pytest.approx(0.81) and run1["runs"] == "run1"
