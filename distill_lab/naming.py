@@ -77,14 +77,17 @@ def student_name(layers: int, init_strategy: str) -> str:
 
 
 def student_model_name(config: RunConfig, teacher_display: str, layers: int) -> str:
-    """'MiniLM (3 layers)': the family of the model the student is built from, and its depth."""
+    """'MiniLM (3 layers)': the family of the model the student is built from, and its depth; a student
+    narrower than its teacher says its width ('MiniLM (3 layers, 256 wide)')."""
     if config.student.model in PACKAGED:  # 'minilm-l6' -> 'MiniLM', as a student cut from that teacher reads
         family = PACKAGED[config.student.model][1].split("-")[0]
     elif config.student.model:
         family = config.student.model.rstrip("/").split("/")[-1]
     else:
         family = teacher_display.split("-")[0]
-    return f"{family} ({layers} layers)"
+    narrow = config.student.from_teacher is not None and config.student.from_teacher.hidden_size is not None
+    width = f", {config.student.from_teacher.hidden_size} wide" if narrow else ""
+    return f"{family} ({layers} layers{width})"
 
 
 def run_name(trial_number: int, config: RunConfig) -> str:

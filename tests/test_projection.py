@@ -193,3 +193,14 @@ def test_arms_that_differ_only_in_their_projection_get_their_own_setting():
     # No hidden loss, or a student of the teacher's width: no projection, nothing added.
     assert setting(resolve(spec, {"distill.alpha_hidden": 0.0})) == "T=8 a=0.2/0.8/0"
     assert setting(resolve(spec, {"student.from_teacher.hidden_size": None})) == "T=8 a=0.2/0.8/1 map=uniform"
+
+
+def test_a_narrow_student_says_its_width_in_its_name():
+    from distill_lab.naming import student_model_name
+    from distill_lab.spec import parse_spec, resolve
+
+    spec = parse_spec({"name": "p", "student": {"from_teacher": {"num_layers": 3, "hidden_size": 256,
+                                                                  "num_attention_heads": 4}}}, source="test")
+    assert student_model_name(resolve(spec), "MiniLM-L6", 3) == "MiniLM (3 layers, 256 wide)"
+    full_width = resolve(spec, {"student.from_teacher.hidden_size": None})
+    assert student_model_name(full_width, "MiniLM-L6", 3) == "MiniLM (3 layers)"
