@@ -64,7 +64,7 @@ def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     from distill_lab import precision, search_space
     from distill_lab.data.loader import check_data
     from distill_lab.models import resolve_reference
-    from distill_lab.plan import load_plan
+    from distill_lab.plan import check_grid, load_plan
     from distill_lab.spec import load_spec, resolve
 
     study_spec = load_spec(spec, overrides or [])
@@ -74,6 +74,7 @@ def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     if resolve_reference(study_spec.teacher.model, field="teacher.model").kind != "hub":
         _quiet_libraries()
         plan = load_plan(config)
+        check_grid(study_spec)  # every point a grid study will run, not only the base
         out.print(f"models: teacher {plan.n_teacher} layers, student {plan.n_student} layers")
         for note in (*plan.notes, *precision.notes(config.training)):
             out.print(f"note: {note}", markup=False, soft_wrap=True)

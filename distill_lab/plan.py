@@ -174,3 +174,16 @@ def load_plan(config: RunConfig) -> RunPlan:
     return plan_run(config, teacher_config, student_config=student_config, init_source_layers=init_source_layers,
                     same_tokenizer=shared)
 
+
+def check_grid(spec: Any) -> None:
+    """Plan every point of a grid study against the real model configs (no weights): a point no trial
+    could run (a mapping to a layer the student lacks) stops `validate` and `study run` up front."""
+    from distill_lab import search_space
+
+    if not search_space.is_grid(spec):
+        return
+    for point, config in search_space.grid_configs(spec):
+        try:
+            load_plan(config)
+        except SpecError as err:
+            raise SpecError(f"study.search_space: grid point {point}: {err}") from None

@@ -115,18 +115,26 @@ def _check_values(spec: StudySpec) -> None:
     if is_grid(spec):
         # Every grid point is run exactly once and the study is done only when all are finished:
         # a point that can never be a valid config would keep the study unfinished forever.
-        for point in grid_points(spec):
-            params = {}
-            for path, value in point.items():
-                value = decode(value)
-                if isinstance(space[path], MappingStrategyParam):
-                    value = {"strategy": value, "pairs": None, "groups": None}
-                params[path] = value
-            try:
-                resolve(spec, params)
-            except SpecError as err:
-                shown = {path: decode(value) for path, value in point.items()}
-                raise SpecError(f"study.search_space: grid point {shown} is not a valid run config: {err}") from None
+        grid_configs(spec)
+
+
+def grid_configs(spec: StudySpec) -> list[tuple[dict[str, Any], RunConfig]]:
+    """(point, run config) of every grid point; a point that is no valid config is a one-line SpecError."""
+    space = spec.study.search_space
+    configs = []
+    for point in grid_points(spec):
+        params = {}
+        for path, value in point.items():
+            value = decode(value)
+            if isinstance(space[path], MappingStrategyParam):
+                value = {"strategy": value, "pairs": None, "groups": None}
+            params[path] = value
+        shown = {path: decode(value) for path, value in point.items()}
+        try:
+            configs.append((shown, resolve(spec, params)))
+        except SpecError as err:
+            raise SpecError(f"study.search_space: grid point {shown} is not a valid run config: {err}") from None
+    return configs
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
@@ -172,7 +180,7 @@ def suggest(trial: optuna.Trial, spec: StudySpec, *, n_teacher: int, n_student: 
         mapping = params[MAPPING_KEY]
         students = int(params.get("student.from_teacher.num_layers", n_student))
         # Validate before training: a bad sampled combination fails the trial, not the run.
-        build_mapping(mapping["strategy"], n_teacher, students, pairs=mapping["pairs"], groups=mapping["groups"],
+        build_mapping(mapping["strategy"], n_teacher, students, pairs=mapping.get("pairs"), groups=mapping.get("groups"),
                       include_embeddings=bool(mapping.get("include_embeddings")))
     return params
 

@@ -270,6 +270,18 @@ def test_cli_run_mapping_index_out_of_range(tmp_path, capfd):
     assert expected in _one_error_line(*_main(capfd, "validate", path))  # validate reads the layer counts too
 
 
+def test_a_grid_point_no_trial_could_run_is_refused_before_the_study_starts(tmp_path, capfd):
+    """A grid of explicit mappings (the practitioner's own pairs) is planned point by point up front."""
+    grid = {"type": "grid", "values": [{"strategy": "uniform"}, {"strategy": "explicit", "pairs": [[0, 0], [3, 7]]}]}
+    path = _spec(tmp_path, distill={"alpha_hidden": 1.0},
+                 study={"sampler": "grid", "pruner": "none", "search_space": {"distill.layer_mapping": grid}})
+    expected = ("study.search_space: grid point {'distill.layer_mapping': {'pairs': [[0, 0], [3, 7]], "
+                "'strategy': 'explicit'}}: distill.layer_mapping: student layer 7 is out of range; allowed 0..1 (student has 2 layers)")
+    assert _one_error_line(*_main(capfd, "validate", path)) == expected
+    assert _one_error_line(*_main(capfd, "study", "run", path, "--storage", f"sqlite:///{tmp_path}/o.db",
+                                  "--tracking-uri", f"sqlite:///{tmp_path}/m.db")) == expected
+
+
 def test_cli_run_student_deeper_than_teacher(tmp_path, capfd):
     path = _spec(tmp_path, student={"from_teacher": {"num_layers": 8}})
     message = _one_error_line(*_main(capfd, "run", path))

@@ -139,6 +139,24 @@ def test_grid_points_of_mapping_strategy_are_strategy_names():
                                               {"distill.layer_mapping": "last"}]
 
 
+def test_a_grid_of_mappings_runs_each_one_explicit_mapping_included():
+    their = {"strategy": "explicit", "pairs": [[0, 0], [3, 1]]}
+    spec = _spec({"distill.layer_mapping": {"type": "grid", "values": [their, {"strategy": "last"}]}}, sampler="grid")
+    points = search_space.grid_points(spec)
+    assert len(points) == 2
+    sampled = [search_space.suggest(optuna.trial.FixedTrial(point), spec, n_teacher=N_TEACHER, n_student=N_STUDENT)
+               for point in points]
+    configs = [resolve(spec, params).distill.layer_mapping for params in sampled]
+    assert configs[0].strategy == "explicit" and [tuple(p) for p in configs[0].pairs] == [(0, 0), (3, 1)]
+    assert configs[1].strategy == "last" and configs[1].pairs is None
+    # A pair the student cannot take fails that trial's suggestion, before any training.
+    bad = _spec({"distill.layer_mapping": {"type": "grid", "values": [{"strategy": "explicit", "pairs": [[0, 0], [3, 5]]}]}},
+                sampler="grid")
+    with pytest.raises(SpecError, match="student layer 5 is out of range; allowed 0..1"):
+        search_space.suggest(optuna.trial.FixedTrial(search_space.grid_points(bad)[0]), bad,
+                             n_teacher=N_TEACHER, n_student=N_STUDENT)
+
+
 def test_suggest_monotone_mapping_gives_explicit_pairs_and_offset_params():
     spec = _spec({"distill.layer_mapping": {"type": "monotone_mapping", "pin_ends": False}})
     params, distributions, _ = _ask(spec, n_teacher=12, n_student=4)

@@ -322,8 +322,8 @@ def _check_search_path(path: str, param: Any) -> None:
         raise ValueError(f"study.search_space key {path!r}: must start with one of {', '.join(RUN_SECTIONS)}")
     if isinstance(param, (MappingStrategyParam, MonotoneMappingParam)) and path != "distill.layer_mapping":
         raise ValueError(f"study.search_space key {path!r}: a {param.type} parameter must be keyed distill.layer_mapping")
-    if path == "distill.layer_mapping" and not isinstance(param, (MappingStrategyParam, MonotoneMappingParam)):
-        raise ValueError("search_space key 'distill.layer_mapping': use type mapping_strategy or monotone_mapping")
+    if path == "distill.layer_mapping" and not isinstance(param, (MappingStrategyParam, MonotoneMappingParam, GridParam)):
+        raise ValueError("search_space key 'distill.layer_mapping': use type mapping_strategy, monotone_mapping or grid")
     if isinstance(param, (FloatParam, IntParam)):
         if param.low > param.high:
             raise ValueError(f"study.search_space {path!r}: low ({param.low}) must be <= high ({param.high})")

@@ -24,7 +24,7 @@ from distill_lab.data.corpus import NerCorpus
 from distill_lab.data.loader import load_corpus
 from distill_lab.distill.engine import resolve_device
 from distill_lab.pipeline import RunResult, run_distillation
-from distill_lab.plan import RunPlan, load_plan
+from distill_lab.plan import RunPlan, check_grid, load_plan
 from distill_lab.record_schema import OPTUNA_STATE, ROLE, TEACHER, TEACHER_FINGERPRINT, TeacherRecord, TrialRecord, TrialStart
 from distill_lab.signals import interrupted
 from distill_lab.spec import RunConfig, StudySpec, resolve
@@ -52,8 +52,11 @@ def corpus_for(config: RunConfig) -> NerCorpus:
 
 
 def check_against_models(spec: StudySpec) -> tuple[int, int]:
-    """The spec's base run planned against the real model configs (no weights): its layer counts."""
+    """The spec's base run, and every grid point, planned against the real model configs (no weights):
+    a point no trial could run (a mapping to a layer the student lacks) stops the study before it starts.
+    Returns the base run's layer counts."""
     plan = load_plan(resolve(spec))
+    check_grid(spec)
     return plan.n_teacher, plan.n_student
 
 
