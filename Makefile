@@ -71,15 +71,19 @@ results-headline: $(STAMP)
 # KD vs no KD, a narrow student's projection, dev F1 vs T beside the no-KD line): their records, curves and
 # the page from them.
 # Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
-CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights lowres_augment \
-	lowres_temperature lowres_temperature_nokd
+CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights \
+	lowres_temperature lowres_temperature_nokd lowres_alpha_soft lowres_augment
 CURVES := lowres_transfer lowres_width lowres_temperature
 results-claims: $(STAMP)
 	mkdir -p results
 	for study in $(CLAIMS); do \
 		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$study.yaml --workers 2) || exit 1; \
 	done
-	cd results && ../$(BIN)/distill-lab records export $(CLAIMS) --out records
+	# T = 0.5, left of the temperature grid (its best point was the grid's lowest, T = 1).
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/lowres_temperature.yaml \
+		--set name=lowres_temperature_half --set tracking.experiment=lowres_temperature_half \
+		--set 'study.search_space={distill.temperature: {type: grid, values: [0.5]}}' --set study.n_trials=1
+	cd results && ../$(BIN)/distill-lab records export $(CLAIMS) lowres_temperature_half --out records
 	for study in $(CURVES); do \
 		$(BIN)/distill-lab records curves results/records --study $$study --out docs/img/$$study/dev_curves.png || exit 1; \
 	done

@@ -294,6 +294,7 @@ def temperature_figure(fit: TemperatureFit, title: str = "dev F1 vs temperature"
     axes.set_xlabel("temperature T (log scale)")
     axes.set_ylabel("dev F1 (%)")
     axes.set_title(f"{title}\n{fit.verdict}", fontsize=10)
-    axes.legend(fontsize=8)
+    # A baseline far below the curve sits where "best" would put the legend (patches are not avoided).
+    axes.legend(fontsize=8, loc="upper right" if baseline is not None else "best")
     figure.tight_layout()
     return figure
