@@ -73,7 +73,7 @@ results-headline: $(STAMP)
 # Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
 CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights \
 	lowres_temperature lowres_temperature_nokd lowres_alpha_soft lowres_augment
-CURVES := lowres_transfer lowres_width lowres_temperature
+CURVES := lowres_transfer lowres_width lowres_temperature lowres_temperature_long
 results-claims: $(STAMP)
 	mkdir -p results
 	for study in $(CLAIMS); do \
@@ -83,7 +83,11 @@ results-claims: $(STAMP)
 	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/lowres_temperature.yaml \
 		--set name=lowres_temperature_half --set tracking.experiment=lowres_temperature_half \
 		--set 'study.search_space={distill.temperature: {type: grid, values: [0.5]}}' --set study.n_trials=1
-	cd results && ../$(BIN)/distill-lab records export $(CLAIMS) lowres_temperature_half --out records
+	# The best temperature (T = 1) at twice the budget: had its 1,314 steps converged?
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/lowres_temperature.yaml \
+		--set name=lowres_temperature_long --set tracking.experiment=lowres_temperature_long --set training.max_steps=2628 \
+		--set 'study.search_space={distill.temperature: {type: grid, values: [1]}}' --set study.n_trials=1
+	cd results && ../$(BIN)/distill-lab records export $(CLAIMS) lowres_temperature_half lowres_temperature_long --out records
 	for study in $(CURVES); do \
 		$(BIN)/distill-lab records curves results/records --study $$study --out docs/img/$$study/dev_curves.png || exit 1; \
 	done
