@@ -70,7 +70,8 @@ results-headline: $(STAMP)
 # `precision: auto`, and the low-resource regime (2,000 gold sentences + unlabeled transfer text:
 # KD vs no KD, a narrow student's projection, dev F1 vs T beside the no-KD line): their records, curves and
 # the page from them.
-# Wall time in docs/results.md ("Regenerating everything"). precision_check needs native bf16.
+# Wall time in docs/results.md ("Regenerating everything"). precision_check and the lowres_temperature,
+# lowres_alpha_soft and lowres_augment studies (bf16) need native bf16 (AMX or AVX512-BF16).
 CLAIMS := diagnosis_overfit diagnosis_data precision_check lowres_transfer lowres_width lowres_class_weights \
 	lowres_temperature lowres_temperature_nokd lowres_alpha_soft lowres_augment
 CURVES := lowres_transfer lowres_width lowres_temperature lowres_temperature_long
