@@ -81,10 +81,12 @@ def _unnamed_labels(rows: pd.DataFrame) -> pd.Series:
     labels = pd.Series("", index=rows.index)
     if "sampled" not in rows:
         return labels
-    params = rows["sampled"].map(unnamed_params)
+    parsed = {text: unnamed_params(text) for text in rows["sampled"].dropna().unique()}  # once per trial, not per seed
+    params = rows["sampled"].map(lambda text: parsed.get(text, {}))
     for _, index in rows.groupby("study").groups.items():
         study_params = params.loc[index]
-        varying = sorted({key for p in study_params for key in p if len({q.get(key) for q in study_params}) > 1})
+        keys = set().union(*study_params)
+        varying = sorted(key for key in keys if study_params.map(lambda p, key=key: p.get(key)).nunique(dropna=False) > 1)
         if varying:
             labels.loc[index] = study_params.map(
                 lambda p: "".join(f" {key.rsplit('.', 1)[-1]}={p.get(key, '?')}" for key in varying))
