@@ -29,7 +29,7 @@ import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 
-from distill_lab import naming, pipeline, signals
+from distill_lab import naming, pipeline, search_space, signals
 from distill_lab import study as driver
 from distill_lab.study import objective, optuna_compat, workers
 from distill_lab.errors import DistillLabError, SpecError
@@ -750,9 +750,29 @@ def test_a_grid_trial_not_taken_from_the_queue_is_surplus_and_runs_nothing(store
     assert [workers.is_surplus(study, t, ctx.n_trials, grid=True) for t in queued] == [False, False]
     late = study.ask()  # a third asked after the queue was empty: the grid sampler would rerun a point
     assert workers.is_surplus(study, late, ctx.n_trials, grid=True) is True
-    # After a dead worker's point is re-queued, the trial that takes it is not surplus.
+    # After a dead worker's point is re-queued (its trial failed first), the trial that takes it is not surplus.
+    study.tell(queued[1], state=TrialState.FAIL)
     study.enqueue_trial({"distill.temperature": 2})
     assert workers.is_surplus(study, study.ask(), ctx.n_trials, grid=True) is False
+
+
+def test_a_grid_point_enqueued_twice_runs_once(store):
+    # Two `study run`s started together each enqueue the whole grid before either takes a point.
+    grid = {"distill.temperature": {"type": "grid", "values": [1, 4]}}
+    ctx = _ctx(_spec({"study.sampler": "grid", "study.search_space": grid}), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    for _ in range(2):
+        for point in search_space.grid_points(ctx.spec):
+            study.enqueue_trial(point, skip_if_exists=False)
+    first = study.ask()
+    assert workers.is_surplus(study, first, ctx.n_trials, grid=True) is False
+    # The second worker takes the other point; the first, done with T=1, takes the queued copy of T=1.
+    assert workers.is_surplus(study, study.ask(), ctx.n_trials, grid=True) is False
+    study.tell(first, 0.5)
+    again = study.ask()
+    assert again.params == {} and workers.is_surplus(study, again, ctx.n_trials, grid=True) is True
+    # A copy of a point whose trial is still running is surplus as well.
+    assert workers.is_surplus(study, study.ask(), ctx.n_trials, grid=True) is True
 
 
 def test_study_best_prints_the_winning_mapping_as_a_set_override_for_another_spec(store, capsys):

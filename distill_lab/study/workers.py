@@ -106,14 +106,17 @@ def _end_run_failed(tracker: Tracker, run_id: str, reason: str, status: str = "F
 
 def enqueue_missing_grid_points(study: optuna.Study, spec: StudySpec) -> int:
     """Each grid point gets exactly one trial: enqueue points without a finished/queued/running one."""
-    taken = []
-    for trial in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.WAITING, TrialState.RUNNING)):
-        params = trial.params or trial.system_attrs.get("fixed_params", {})
-        taken.append(json.dumps(params, sort_keys=True))
-    missing = [point for point in search_space.grid_points(spec) if json.dumps(point, sort_keys=True) not in taken]
+    taken = {_grid_point(trial.params or trial.system_attrs.get("fixed_params", {}))
+             for trial in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.WAITING,
+                                                                   TrialState.RUNNING))}
+    missing = [point for point in search_space.grid_points(spec) if _grid_point(point) not in taken]
     for point in missing:
         study.enqueue_trial(point, skip_if_exists=False)
     return len(missing)
+
+
+def _grid_point(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
 
 
 def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> int:
@@ -160,8 +163,15 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, *, grid:
     if grid:
         # Every grid point is enqueued up front (enqueue_missing_grid_points): a trial that did not
         # come from the queue was created because another worker took the last queued point
-        # between this worker's count and its ask.
-        return "fixed_params" not in optuna_compat.system_attrs(study, trial)
+        # between this worker's count and its ask. Two `study run`s started together both enqueue
+        # the missing points: a queued point an earlier trial already holds (running or finished) is
+        # surplus too, so each point still runs once.
+        fixed = optuna_compat.system_attrs(study, trial).get("fixed_params")
+        if fixed is None:
+            return True
+        holders = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        return any(t.number < trial.number and _grid_point(t.params or t.system_attrs.get("fixed_params", {}))
+                   == _grid_point(fixed) for t in holders)
     earlier = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
                if t.number < trial.number]
     return len(earlier) >= n_trials
