@@ -165,21 +165,22 @@ def study_worker(spec: Path = typer.Argument(..., help="The study spec the study
 
 @study_app.command("status")
 def study_status(spec_or_name: str = typer.Argument(..., help="A spec file or a study name."),
-                 storage: Optional[str] = StorageOption) -> None:
+                 storage: Optional[str] = StorageOption, overrides: Optional[list[str]] = SetOption) -> None:
     """Print the trials table: number, state, params, value, MLflow run id."""
     from distill_lab.study_runner import print_status
 
-    print_status(spec_or_name, storage, out)
+    print_status(spec_or_name, storage, out, overrides or [])
 
 
 @study_app.command("best")
 def study_best(spec_or_name: str = typer.Argument(..., help="A spec file or a study name."),
                storage: Optional[str] = StorageOption,
-               as_set: bool = typer.Option(False, "--as-set", help="Print KEY=VALUE lines usable as --set.")) -> None:
+               as_set: bool = typer.Option(False, "--as-set", help="Print KEY=VALUE lines usable as --set."),
+               overrides: Optional[list[str]] = SetOption) -> None:
     """Print the best COMPLETE trial: number, dev F1, MLflow run and its searched values."""
     from distill_lab.study_runner import print_best
 
-    print_best(spec_or_name, storage, as_set, out)
+    print_best(spec_or_name, storage, as_set, out, overrides or [])
 
 
 @trial_app.command("rerun")

@@ -210,16 +210,19 @@ def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) 
               "(distill-lab ui; distill-lab report)")
 
 
-def study_name(spec_or_name: str) -> str:
-    """The study name of a spec file, or the argument itself when it is a name."""
+def study_name(spec_or_name: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The study name of a spec file (after its --set overrides, as `study run` named it), or the
+    argument itself when it is a name."""
     path = Path(spec_or_name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        return load_spec(path).name
+        return load_spec(path, overrides).name
+    if overrides:
+        raise DistillLabError(f"--set needs a spec file; {spec_or_name!r} is a study name (or a missing file)")
     return spec_or_name
 
 
-def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
-    name = study_name(spec_or_name)
+def print_status(spec_or_name: str, storage: str | None, out: Console, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    name = study_name(spec_or_name, overrides)
     storage_url = storage or driver.default_storage()
     study = driver.load_study(name, storage_url)
     table = Table(title=f"study {name} ({mask_url(storage_url)})")
@@ -236,14 +239,14 @@ def print_status(spec_or_name: str, storage: str | None, out: Console) -> None:
     out.print(study_line(study))
 
 
-def best_params(spec_or_name: str, storage: str | None) -> dict[str, Any]:
+def best_params(spec_or_name: str, storage: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The best COMPLETE trial of a study: number, value and its search-space values by dotted key.
 
     The values are the resolved ones (a sampled monotone mapping comes back as the explicit pairs it
     stands for), so `KEY=VALUE` lines of them are valid `--set` overrides for another spec, e.g. to
     rerun the winner of a search with more seeds.
     """
-    name = study_name(spec_or_name)
+    name = study_name(spec_or_name, overrides)
     storage_url = storage or driver.default_storage()
     study = driver.load_study(name, storage_url)
     trial = driver.find_trial(study, best=True)
@@ -252,8 +255,9 @@ def best_params(spec_or_name: str, storage: str | None) -> dict[str, Any]:
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""), "params": params}
 
 
-def print_best(spec_or_name: str, storage: str | None, as_set: bool, out: Console) -> None:
-    best = best_params(spec_or_name, storage)
+def print_best(spec_or_name: str, storage: str | None, as_set: bool, out: Console,
+               overrides: list[str] | tuple[str, ...] = ()) -> None:
+    best = best_params(spec_or_name, storage, overrides)
     if as_set:
         for key, value in best["params"].items():
             out.print(f"{key}={json.dumps(value, sort_keys=True)}", markup=False, highlight=False, soft_wrap=True)

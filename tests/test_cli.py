@@ -397,6 +397,31 @@ def test_study_status_keeps_each_run_id_on_one_line_at_80_columns(tmp_path):
         assert run_id in text  # whole, on one line
 
 
+def test_study_status_and_best_of_a_spec_take_its_set_overrides(tmp_path, capfd):
+    import optuna
+
+    from distill_lab.study.storage import open_storage
+
+    journal = str(tmp_path / "renamed.journal")
+    study = optuna.create_study(study_name="tiny_half_t", storage=open_storage(journal), direction="maximize")
+    study.set_user_attr("spec", {**copy.deepcopy(TINY), "name": "tiny_half_t", "study": {
+        "search_space": {"distill.temperature": {"type": "float", "low": 0.5, "high": 1.0}}}})
+    trial = study.ask()
+    trial.suggest_float("distill.temperature", 0.5, 0.5)
+    trial.set_user_attr("mlflow_run_id", "f" * 32)
+    study.tell(trial, 0.625)
+    path = _spec(tmp_path)  # its own name is "tiny": the study was started with --set name=tiny_half_t
+    code, out, err = _main(capfd, "study", "status", path, "--set", "name=tiny_half_t", "--storage", journal)
+    assert code == 0, err
+    assert "study tiny_half_t" in out and "62.50" in out and "f" * 32 in out
+    code, out, err = _main(capfd, "study", "best", path, "--set", "name=tiny_half_t", "--storage", journal)
+    assert code == 0, err
+    best = json.loads(out)
+    assert (best["study"], best["value"], best["params"]) == ("tiny_half_t", 0.625, {"distill.temperature": 0.5})
+    message = _one_error_line(*_main(capfd, "study", "status", "tiny_half_t", "--set", "name=x", "--storage", journal))
+    assert message == "--set needs a spec file; 'tiny_half_t' is a study name (or a missing file)"
+
+
 def _glitched_conll(directory: Path) -> None:
     """CoNLL files as public corpora ship them: a BOM line, a zero-width-space line, a BOM glued to the
     first token and a word of one control character that the tokenizer turns into no token."""
