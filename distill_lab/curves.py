@@ -107,11 +107,20 @@ def peaks(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ranked_arms(frame: pd.DataFrame) -> list[str]:
+    """The arms by the mean dev F1 at their last evaluation, best first (the legend reads as a
+    ranking, not lexically: T=12 before T=2); ties by name."""
+    last = summary(frame).groupby("arm")["mean"].last()
+    return sorted(last.index, key=lambda arm: (-last[arm], str(arm)))
+
+
 def draw(frame: pd.DataFrame, title: str, path: Path) -> Path:
     """A PNG of the curves: mean line and min..max band per arm, the peak of each mean marked."""
     figure = Figure(figsize=(8.0, 4.8))
     axes = figure.subplots()
-    for arm, curve in summary(frame).groupby("arm", sort=True):
+    curves = dict(tuple(summary(frame).groupby("arm")))
+    for arm in ranked_arms(frame):
+        curve = curves[arm]
         label = textwrap.shorten(str(arm), 90)
         line, = axes.plot(curve["step"], curve["mean"] * 100, marker=".", label=label)
         axes.fill_between(curve["step"], curve["min"] * 100, curve["max"] * 100, color=line.get_color(), alpha=0.15)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distill_lab.cli import app
-from distill_lab.curves import curve_frame, peaks
+from distill_lab.curves import curve_frame, peaks, ranked_arms
 from distill_lab.errors import DistillLabError
 
 
@@ -47,6 +47,10 @@ def test_curves_keep_evaluations_only_and_name_arms_by_what_differs(tmp_path):
     assert table.loc["T=8 a=0.2/0.8/0 num_layers=3", "peak_step"] == 20
     # Layers 5 peaks at its first evaluation (0.7) and ends lower (0.6).
     assert table.loc["T=8 a=0.2/0.8/0 num_layers=5"].tolist()[:4] == [10, pytest.approx(0.7), 20, pytest.approx(0.6)]
+    # The plot's legend ranks the arms by their last mean (0.65 > 0.6), whatever their names sort to.
+    assert ranked_arms(frame) == ["T=8 a=0.2/0.8/0 num_layers=3", "T=8 a=0.2/0.8/0 num_layers=5"]
+    renamed = frame.replace({"arm": {"T=8 a=0.2/0.8/0 num_layers=3": "z", "T=8 a=0.2/0.8/0 num_layers=5": "a"}})
+    assert ranked_arms(renamed) == ["z", "a"]
 
 
 def test_records_curves_command_writes_the_png_and_prints_each_peak(tmp_path, capsys):
