@@ -76,13 +76,20 @@ def evaluate(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str],
     return score(gold, predicted), predicted
 
 
+# A distilled student this far (F1, 0..1) above its teacher on dev is not seed noise around it.
+WEAK_TEACHER_MARGIN = 0.005
+
+
 def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], predicted_types: Sequence[str], *,
-             teacher_f1: float, overfit_gap: float, random_floor: float, underfit_ratio: float) -> tuple[str, str]:
+             teacher_f1: float, overfit_gap: float, random_floor: float, underfit_ratio: float,
+             distils: bool = True) -> tuple[str, str]:
     """The practitioner's mind-map: (label, advice), the first symptom that shows, in this order.
 
     near-random: dev F1 below `random_floor`; label-collapse: a type of the dev set is never
     predicted; overfitting: train-sample F1 more than `overfit_gap` above dev F1; underfitting: the
-    student has not even fit its training sample to `underfit_ratio` of the teacher's dev F1.
+    student has not even fit its training sample to `underfit_ratio` of the teacher's dev F1;
+    weak-teacher: a student that learns from the teacher (`distils`) is above it on dev, so the
+    teacher's outputs can only pull it down (seen with an under-trained teacher recipe).
     """
     if dev.f1 < random_floor:
         return "near-random", "predictions look random: check and clean the data"
@@ -97,6 +104,10 @@ def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], pre
         return ("underfitting",
                 "train F1 far below the teacher: train longer or at a higher learning rate, initialise from the "
                 "fine-tuned teacher, add data (data.augment, data.transfer)")
+    if distils and teacher_f1 > 0 and dev.f1 > teacher_f1 + WEAK_TEACHER_MARGIN:
+        return ("weak-teacher",
+                "the student is above its teacher on dev: train the teacher longer or at a higher learning rate "
+                "(teacher.finetune), or a stronger teacher; its soft labels can only pull the student down")
     return "ok", "no issue detected"
 
 

@@ -302,10 +302,11 @@ def _score(config: RunConfig, corpus: NerCorpus, student: torch.nn.Module, split
     sample_scores, _ = evaluate(student, sample, labels, batch_size=batch_size, device=device,
                                 precision=run_precision)
     gold_types = entity_types([s.tags or () for s in corpus.dev])
-    rules = config.diagnosis
+    rules, loss = config.diagnosis, config.distill
     diagnosis, advice = diagnose(dev_scores, sample_scores.f1, gold_types, entity_types(dev_predictions),
                                  teacher_f1=teacher_f1, overfit_gap=rules.overfit_gap, random_floor=rules.random_floor,
-                                 underfit_ratio=rules.underfit_ratio)
+                                 underfit_ratio=rules.underfit_ratio,
+                                 distils=loss.alpha_soft > 0 or loss.alpha_hidden > 0 or loss.alpha_attention > 0)
     return {"dev": dev_scores, "test": test_scores, "dev_predictions": dev_predictions,
             "train_sample_f1": sample_scores.f1, "diagnosis": diagnosis, "advice": advice}
 

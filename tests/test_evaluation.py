@@ -85,6 +85,20 @@ def test_diagnose_order_and_thresholds():
     assert _diagnose(0.30, 0.30, teacher_f1=0.0)[0] == "ok"  # a teacher at 0 F1 sets no bar
 
 
+def test_diagnose_a_distilled_student_above_its_teacher_blames_the_teacher():
+    from distill_lab.evaluation import Scores, diagnose
+
+    # mpnet_table_pilot_4l (results/records): teacher 78.75 dev; KD T=10 student 83.96 dev.
+    def label(dev_f1: float, distils: bool = True) -> str:
+        return diagnose(Scores(f1=dev_f1, precision=dev_f1, recall=dev_f1), 0.90, TYPES, TYPES, teacher_f1=0.7875,
+                        distils=distils, **RULES)[0]
+
+    assert label(0.8396) == "weak-teacher"
+    assert label(0.8396, distils=False) == "ok"  # a no-KD twin does not learn from the teacher
+    assert label(0.7924) == "ok" and label(0.7926) == "weak-teacher"  # half a point of margin
+    assert "teacher.finetune" in _diagnose(0.86, 0.95, teacher_f1=0.80)[1]
+
+
 @pytest.mark.parametrize("case, dev_f1, train_f1, teacher_f1, predicted, label", [
     # The real induced failures of diagnosis_data / diagnosis_overfit (results/records), by the spec's defaults.
     ("shuffled labels (cb570f1c)", 0.0841, 0.1331, 0.0811, ["LOC", "ORG", "PER"], "near-random"),
