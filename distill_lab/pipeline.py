@@ -176,7 +176,8 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     recipe = train_recipe(config, run_precision)
     result = train(student, splits["train"], splits["dev"], labels, recipe, objective, device=device,
                    on_eval=on_eval, progress=report("distill"))
-    scores = _score(config, corpus, student, splits, result, device, run_precision, teacher.dev_f1)
+    scores = _score(config, corpus, student, splits, result, device, run_precision, teacher.dev_f1,
+                    distils=plan.needs_teacher)
     run_speed = _speed(config, plan, corpus, student, teacher, splits["dev"], device, run_precision)
     return RunResult(
         config=config, labels=labels, teacher=teacher, student=student, student_tokenizer=tokenizer,
@@ -284,7 +285,8 @@ def train_recipe(config: RunConfig, run_precision: str) -> TrainRecipe:
 
 
 def _score(config: RunConfig, corpus: NerCorpus, student: torch.nn.Module, splits: dict[str, EncodedSplit],
-           result: TrainResult, device: torch.device, run_precision: str, teacher_f1: float) -> dict[str, Any]:
+           result: TrainResult, device: torch.device, run_precision: str, teacher_f1: float, *,
+           distils: bool) -> dict[str, Any]:
     """Dev (the kept checkpoint's), test and train-sample scores, and the diagnosis they give."""
     labels, batch_size = corpus.labels, config.training.eval_batch_size
     if result.kept_scores is not None and result.kept_predictions is not None:
@@ -302,11 +304,11 @@ def _score(config: RunConfig, corpus: NerCorpus, student: torch.nn.Module, split
     sample_scores, _ = evaluate(student, sample, labels, batch_size=batch_size, device=device,
                                 precision=run_precision)
     gold_types = entity_types([s.tags or () for s in corpus.dev])
-    rules, loss = config.diagnosis, config.distill
+    rules = config.diagnosis
     diagnosis, advice = diagnose(dev_scores, sample_scores.f1, gold_types, entity_types(dev_predictions),
                                  teacher_f1=teacher_f1, overfit_gap=rules.overfit_gap, random_floor=rules.random_floor,
                                  underfit_ratio=rules.underfit_ratio,
-                                 distils=loss.alpha_soft > 0 or loss.alpha_hidden > 0 or loss.alpha_attention > 0)
+                                 distils=distils)
     return {"dev": dev_scores, "test": test_scores, "dev_predictions": dev_predictions,
             "train_sample_f1": sample_scores.f1, "diagnosis": diagnosis, "advice": advice}
 

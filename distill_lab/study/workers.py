@@ -106,17 +106,17 @@ def _end_run_failed(tracker: Tracker, run_id: str, reason: str, status: str = "F
 
 def enqueue_missing_grid_points(study: optuna.Study, spec: StudySpec) -> int:
     """Each grid point gets exactly one trial: enqueue points without a finished/queued/running one."""
-    taken = {_grid_point(trial.params or trial.system_attrs.get("fixed_params", {}))
-             for trial in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.WAITING,
-                                                                   TrialState.RUNNING))}
-    missing = [point for point in search_space.grid_points(spec) if _grid_point(point) not in taken]
+    taken = {_grid_point(trial) for trial in study.get_trials(
+        deepcopy=False, states=(*FINISHED_STATES, TrialState.WAITING, TrialState.RUNNING))}
+    missing = [point for point in search_space.grid_points(spec) if json.dumps(point, sort_keys=True) not in taken]
     for point in missing:
         study.enqueue_trial(point, skip_if_exists=False)
     return len(missing)
 
 
-def _grid_point(params: dict) -> str:
-    return json.dumps(params, sort_keys=True)
+def _grid_point(trial: optuna.trial.FrozenTrial) -> str:
+    """The grid point a trial stands for: its params once sampled, its queued fixed params before."""
+    return json.dumps(trial.params or trial.system_attrs.get("fixed_params", {}), sort_keys=True)
 
 
 def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> int:
@@ -169,9 +169,9 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, *, grid:
         fixed = optuna_compat.system_attrs(study, trial).get("fixed_params")
         if fixed is None:
             return True
-        holders = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        return any(t.number < trial.number and _grid_point(t.params or t.system_attrs.get("fixed_params", {}))
-                   == _grid_point(fixed) for t in holders)
+        point = json.dumps(fixed, sort_keys=True)
+        holders = study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
+        return any(t.number < trial.number and _grid_point(t) == point for t in holders)
     earlier = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
                if t.number < trial.number]
     return len(earlier) >= n_trials
