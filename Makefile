@@ -98,7 +98,8 @@ results-claims: $(STAMP)
 
 # MPNet-base (12 layers, the [mpnet] extra) into the practitioner's shapes on 2,000 sentences: the
 # table (4 layers x {no KD, T=10, T=15} x init {teacher, pretrained}), the 12 -> 4 layer mappings
-# with the hidden loss, and a 384-wide student's projection; one cached teacher for all three.
+# with the hidden loss, a 384-wide student's projection, and the 4-layer student with KD on transfer
+# text vs its no-KD twin on the gold alone; one cached teacher for all of them.
 # Wall time in docs/results.md ("The practitioner's shapes"). bf16: needs native bf16.
 MPNET_PILOTS := mpnet_table_pilot mpnet_mapping_pilot mpnet_width_pilot
 results-mpnet: $(STAMP)
@@ -111,8 +112,15 @@ results-mpnet: $(STAMP)
 	for spec in $(MPNET_PILOTS); do \
 		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$spec.yaml --workers 2) || exit 1; \
 	done
+	# One arm per study: the KD arm and its no-KD twin, side by side, one worker each.
+	cd results && export DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) && \
+		{ ../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 & kd=$$!; \
+		../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 --set name=mpnet_transfer_4l_nokd \
+			--set tracking.experiment=mpnet_transfer_4l_nokd --set data.transfer=null \
+			--set distill.temperature=1.0 --set distill.alpha_hard=1.0 --set distill.alpha_soft=0.0; \
+		nokd=$$?; wait $$kd && [ $$nokd -eq 0 ]; }
 	cd results && ../$(BIN)/distill-lab records export mpnet_table_pilot_4l mpnet_table_4l mpnet_mapping_pilot mpnet_width_pilot \
-		--out records
+		mpnet_transfer_4l mpnet_transfer_4l_nokd --out records
 	$(MAKE) report-records
 
 # Rebuild docs/results.md's record-backed regions from the committed run records alone (seconds).
