@@ -1,4 +1,4 @@
-"""seqeval entity-level scores, per-type F1 and the practitioner's diagnosis."""
+"""seqeval entity-level scores and per-type F1 (the diagnosis they feed: distill_lab.diagnosis)."""
 
 from __future__ import annotations
 
@@ -74,41 +74,6 @@ def evaluate(model: torch.nn.Module, split: EncodedSplit, labels: Sequence[str],
     predicted = predict(model, split, labels, batch_size=batch_size, device=device, precision=precision)
     gold = [list(sentence.tags or ()) for sentence in split.sentences]
     return score(gold, predicted), predicted
-
-
-# A distilled student this far (F1, 0..1) above its teacher on dev is not seed noise around it.
-WEAK_TEACHER_MARGIN = 0.005
-
-
-def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], predicted_types: Sequence[str], *,
-             teacher_f1: float, overfit_gap: float, random_floor: float, underfit_ratio: float,
-             distils: bool = True) -> tuple[str, str]:
-    """The practitioner's mind-map: (label, advice), the first symptom that shows, in this order.
-
-    near-random: dev F1 below `random_floor`; label-collapse: a type of the dev set is never
-    predicted; overfitting: train-sample F1 more than `overfit_gap` above dev F1; underfitting: the
-    student has not even fit its training sample to `underfit_ratio` of the teacher's dev F1;
-    weak-teacher: a student that learns from the teacher (`distils`) is above it on dev, so the
-    teacher's outputs can only pull it down (seen with an under-trained teacher recipe).
-    """
-    if dev.f1 < random_floor:
-        return "near-random", "predictions look random: check and clean the data"
-    missing = sorted(set(gold_types) - set(predicted_types))
-    if missing:
-        return ("label-collapse",
-                f"never predicts {', '.join(missing)}: augment the data (data.augment) or reweight minority "
-                "classes (distill.class_weights), add transfer data (data.transfer)")
-    if train_sample_f1 - dev.f1 > overfit_gap:
-        return "overfitting", "train F1 far above dev F1: bigger student, lower T, adjust the intermediate loss"
-    if teacher_f1 > 0 and train_sample_f1 < underfit_ratio * teacher_f1:
-        return ("underfitting",
-                "train F1 far below the teacher: train longer or at a higher learning rate, initialise from the "
-                "fine-tuned teacher, add data (data.augment, data.transfer)")
-    if distils and teacher_f1 > 0 and dev.f1 > teacher_f1 + WEAK_TEACHER_MARGIN:
-        return ("weak-teacher",
-                "the student is above its teacher on dev: train the teacher longer or at a higher learning rate "
-                "(teacher.finetune), or a stronger teacher; its soft labels can only pull the student down")
-    return "ok", "no issue detected"
 
 
 def entity_types(tag_sequences: Sequence[Sequence[str]]) -> list[str]:

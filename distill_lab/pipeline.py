@@ -22,7 +22,8 @@ from distill_lab.distill.projection import build_projections
 from distill_lab.distill.teacher_cache import live_teacher_targets, teacher_targets
 from distill_lab.paths import home_dir
 from distill_lab.errors import ModelError, SpecError
-from distill_lab.evaluation import Scores, diagnose, entity_types, evaluate
+from distill_lab.diagnosis import diagnose
+from distill_lab.evaluation import Scores, entity_types, evaluate
 from distill_lab.plan import RunPlan, load_plan
 from distill_lab.spec import RunConfig
 from distill_lab.teacher import Teacher, prepare_init_source, prepare_teacher
@@ -177,7 +178,8 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     result = train(student, splits["train"], splits["dev"], labels, recipe, objective, device=device,
                    on_eval=on_eval, progress=report("distill"))
     scores = _score(config, corpus, student, splits, result, device, run_precision, teacher.dev_f1,
-                    distils=plan.needs_teacher)
+                    # On transfer text the teacher never fitted, a student above it is KD working.
+                    distils=plan.needs_teacher and config.data.transfer is None)
     run_speed = _speed(config, plan, corpus, student, teacher, splits["dev"], device, run_precision)
     return RunResult(
         config=config, labels=labels, teacher=teacher, student=student, student_tokenizer=tokenizer,

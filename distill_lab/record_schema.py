@@ -49,10 +49,10 @@ _TRIAL_COLUMNS = {
     "metrics.compression": "compression", "metrics.speedup": "speedup", "params.distill.temperature": "temperature",
     "params.distill.alpha_soft": "alpha_soft", "params.distill.alpha_hidden": "alpha_hidden",
     "params.distill.alpha_attention": "alpha_attention", "tags.precision": "precision",
-    "params.optuna.params": "sampled",
+    "params.optuna.params": "sampled", "params.data.transfer.ratio": "transfer_ratio",
 }
 _NUMERIC = ("teacher_dev_f1", "student_params", "compression", "speedup", "temperature", "alpha_soft",
-            "alpha_hidden", "alpha_attention")
+            "alpha_hidden", "alpha_attention", "transfer_ratio")
 
 
 def tag(name: str) -> str:

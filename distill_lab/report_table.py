@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from distill_lab.diagnosis import WEAK_TEACHER_MARGIN
 from distill_lab.record_schema import TeacherRecord, TrialRecord
 from distill_lab.records import ReportError, UnknownStudyError
 
@@ -59,11 +60,36 @@ def seed_rows(runs: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return rows
     rows["setting"] = rows["setting"] + _unnamed_labels(rows)
+    rows["diagnosis"] = rediagnose(rows)
     if "precision" not in rows or rows["precision"].isna().all():
         return rows
     mixed = rows.groupby("study")["precision"].transform("nunique") > 1
     rows.loc[mixed, "setting"] = rows.loc[mixed, "setting"] + " " + rows.loc[mixed, "precision"]
     return rows
+
+
+def rediagnose(rows: pd.DataFrame) -> pd.Series:
+    """Each seed row's diagnosis, with the rules that its recorded metrics alone decide applied again.
+
+    A run records its diagnosis when it ends; a rule added later (weak-teacher: a student that learns
+    from the teacher's outputs on the teacher's own training text, above it on dev) would leave older
+    records tagged "ok" beside newer ones that the same rule flags. The other rules need what a record
+    does not keep (the train-sample F1, the predicted types), so only "ok" and "weak-teacher" (the last
+    rule, reached only when the others passed) are decided again, both ways.
+    """
+    diagnosis = rows["diagnosis"].copy() if "diagnosis" in rows else pd.Series(pd.NA, index=rows.index, dtype=object)
+    if "teacher_dev_f1" not in rows:
+        return diagnosis
+    weights = [rows[column].fillna(0) for column in ("alpha_soft", "alpha_hidden", "alpha_attention") if column in rows]
+    distils = sum(weights) > 0 if weights else pd.Series(False, index=rows.index)
+    if "transfer_ratio" in rows:  # soft labels on text the teacher never fitted: above it is the point
+        distils &= rows["transfer_ratio"].isna()
+    teacher = rows["teacher_dev_f1"]
+    decided = diagnosis.isin(["ok", "weak-teacher"])
+    weak = distils & (teacher > 0) & (rows["dev_f1"] > teacher + WEAK_TEACHER_MARGIN)
+    diagnosis[decided & weak] = "weak-teacher"
+    diagnosis[decided & ~weak] = "ok"
+    return diagnosis
 
 
 def unnamed_params(sampled: Any, named: tuple[str, ...] = NAMED_PARAMS) -> dict[str, str]:

@@ -53,7 +53,8 @@ RULES = {"overfit_gap": 0.15, "random_floor": 0.05, "underfit_ratio": 0.8}
 
 
 def _diagnose(dev_f1: float, train_f1: float, predicted_types=TYPES, teacher_f1: float = 0.83) -> tuple[str, str]:
-    from distill_lab.evaluation import Scores, diagnose
+    from distill_lab.diagnosis import diagnose
+    from distill_lab.evaluation import Scores
 
     return diagnose(Scores(f1=dev_f1, precision=dev_f1, recall=dev_f1), train_f1, TYPES, predicted_types,
                     teacher_f1=teacher_f1, **RULES)
@@ -86,7 +87,8 @@ def test_diagnose_order_and_thresholds():
 
 
 def test_diagnose_a_distilled_student_above_its_teacher_blames_the_teacher():
-    from distill_lab.evaluation import Scores, diagnose
+    from distill_lab.diagnosis import diagnose
+    from distill_lab.evaluation import Scores
 
     # mpnet_table_pilot_4l (results/records): teacher 78.75 dev; KD T=10 student 83.96 dev.
     def label(dev_f1: float, distils: bool = True) -> str:
@@ -108,7 +110,8 @@ def test_diagnose_a_distilled_student_above_its_teacher_blames_the_teacher():
     ("clean 2,000 sentences (c37d48c7)", 0.7334, 0.7688, 0.7826, TYPES, "ok"),
 ])
 def test_the_default_rules_name_the_real_induced_failures(case, dev_f1, train_f1, teacher_f1, predicted, label):
-    from distill_lab.evaluation import Scores, diagnose
+    from distill_lab.diagnosis import diagnose
+    from distill_lab.evaluation import Scores
     from distill_lab.spec import DiagnosisSpec
 
     rules = DiagnosisSpec().model_dump()

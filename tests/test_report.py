@@ -689,3 +689,40 @@ def test_arms_that_differ_in_a_searched_parameter_no_column_names_get_their_own_
     assert len(table[table["study"] == "lr"]) == 4 and (table["n"] == 1).all()  # no row averages two arms
     run1 = table[table["setting"].str.endswith("5e-05")].iloc[0]
     assert run1["dev_f1_mean"] == pytest.approx(0.81) and run1["runs"] == "run1"
+
+
+def test_the_report_flags_a_weak_teacher_in_records_made_before_the_rule(tmp_path):
+    """mpnet_table_pilot_4l's runs were tagged "ok" before the weak-teacher rule existed: the report
+    applies the rule again from their recorded dev F1s (teacher 78.75 dev), to the KD rows only."""
+    from distill_lab.records import load_records
+    from distill_lab.report_table import experiment_table
+
+    records = Path(__file__).resolve().parents[1] / "results" / "records"
+    runs = load_records(records, ["mpnet_table_pilot_4l", "mpnet_table_4l"])
+    assert set(runs["tags.diagnosis"].dropna()) == {"ok"}  # as recorded
+    table = experiment_table(runs)
+    students = table[~table["reference"]].set_index(["study", "setting", "init"])["diagnosis"]
+    pilot = students.loc["mpnet_table_pilot_4l"]
+    assert (pilot.xs("T=1 a=1/0/0", level="setting") == "ok").all()  # 87.09 / 86.40: above, but no KD
+    for setting in ("T=10 a=0.2/0.8/0", "T=15 a=0.2/0.8/0"):
+        assert (pilot.xs(setting, level="setting") == "weak-teacher").all()  # 82.90-84.08 > 78.75
+    assert (students.loc["mpnet_table_4l"] == "ok").all()  # every student below its 90.04 teacher
+
+
+def test_rediagnose_keeps_the_rules_it_cannot_check_and_needs_the_margin():
+    import pandas as pd
+
+    from distill_lab.report_table import rediagnose
+
+    nan = float("nan")
+    rows = pd.DataFrame({
+        "diagnosis": ["ok", "ok", "overfitting", "ok", "ok", "ok", "weak-teacher", "weak-teacher"],
+        "dev_f1": [0.800, 0.7951, 0.90, 0.90, 0.90, 0.86, 0.86, 0.7949],
+        "teacher_dev_f1": [0.79, 0.79, 0.79, 0.0, 0.79, 0.79, 0.79, 0.79],
+        "alpha_soft": [0.8, 0.0, 0.8, 0.8, 0.0, 0.8, 0.8, 0.8],
+        "alpha_hidden": [0.0, 1.0, 0.0, 0.0, nan, 0.0, 0.0, 0.0],
+        # KD on transfer text: a student above its teacher is the gain, not a weak teacher (both ways).
+        "transfer_ratio": [nan, nan, nan, nan, nan, 6.0, 6.0, nan],
+    })
+    assert rediagnose(rows).tolist() == ["weak-teacher", "weak-teacher", "overfitting", "ok", "ok", "ok", "ok", "ok"]
+    assert rediagnose(rows.drop(columns=["teacher_dev_f1"])).tolist() == rows["diagnosis"].tolist()
