@@ -113,6 +113,15 @@ def test_status_shows_a_running_trials_seed_step_and_time_left():
     # Half of the work done (one seed of three, and half of the second) in 10 minutes: 10 left.
     assert progress_text(trial, now=started + datetime.timedelta(minutes=10)) == \
         "seed 2/3 · distill 657/1314 · ~10 min left"
+    # The seeds it has finished, with their kept dev F1, as the trial records them.
+    trial.user_attrs["dev_f1_per_seed"] = {"1": 0.86114}
+    assert progress_text(trial, now=started + datetime.timedelta(minutes=10)) == \
+        "seed 2/3 · distill 657/1314 · ~10 min left · seed 1: 86.11"
+    trial.user_attrs["dev_f1_per_seed"] = {"1": 0.86114, "2": 0.8618}
+    trial.user_attrs["progress"] = {"seed": 3, "seeds": 3, "stage": "distill", "step": 0, "total": 1314}
+    assert progress_text(trial, now=started + datetime.timedelta(minutes=20)) == \
+        "seed 3/3 · distill 0/1314 · ~10 min left · seed 1: 86.11, seed 2: 86.18"
+    trial.user_attrs.pop("dev_f1_per_seed")
     trial.user_attrs["progress"] = {"seed": 1, "seeds": 3, "stage": "teacher fine-tune", "step": 5, "total": 630}
     assert progress_text(trial, now=started) == "seed 1/3 · teacher fine-tune 5/630"  # no estimate yet
     trial.user_attrs.pop("progress")

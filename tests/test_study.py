@@ -379,6 +379,30 @@ def test_work_interrupted_trial_is_killed_in_mlflow_failed_in_optuna_and_resumab
     assert last["seed"] == last["seeds"] == len(ctx.seeds)
 
 
+def test_a_trial_records_each_seeds_score_as_the_seed_finishes(store, monkeypatch):
+    """`study status` shows a running trial's finished seeds: the score is in the trial as soon as the
+    seed ends, so a trial that fails on its second seed still holds its first seed's."""
+    ctx = _ctx(_spec({"study.n_trials": 1, "study.seeds": [3, 4]}), store)
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    driver.ensure_tracking(ctx, study, Tracker(ctx.tracking_uri))
+    real = pipeline.run_distillation
+    seen = []
+
+    def second_seed_fails(config, **kwargs):
+        if config.training.seed == 4:
+            seen.append(dict(_load(store).trials[-1].user_attrs.get("dev_f1_per_seed", {})))  # the running one
+            raise RuntimeError("disk full")
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(objective, "run_distillation", second_seed_fails)
+    driver.work(ctx)  # the worker retries the failing setting until it gives up (4 failures)
+    trials = _load(store).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * len(seen) and len(seen) >= 1
+    for trial, before in zip(trials, seen):
+        assert list(before) == ["3"] and 0 < before["3"] <= 1  # stored before the second seed started
+        assert trial.user_attrs["dev_f1_per_seed"] == before
+
+
 def test_a_second_signal_does_not_cut_a_worker_stopping_on_the_first(store, monkeypatch):
     """Ctrl-C reaches a worker, then its coordinator forwards SIGTERM while the worker fails its
     trial: the second signal must not leave that trial RUNNING (CI saw it as 'worker ... died')."""

@@ -159,6 +159,10 @@ def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: d
         result = run_distillation(config, on_eval=on_eval, stage=progress.stage(seed_index, stage),
                                   corpus=corpus_for(config), plan=plan)
         results.append(result)
+        # Each seed's kept score as soon as it is known: `study status` shows the finished seeds of a
+        # running trial (a multi-seed trial of a big model runs for an hour); _log_final writes it again.
+        with contextlib.suppress(Exception):  # like the progress attr: storage trouble must not fail the trial
+            trial.set_user_attr("dev_f1_per_seed", {str(r.config.training.seed): r.dev.f1 for r in results})
         if result.train_result.stopped_early:
             run.set_tags({OPTUNA_STATE: "PRUNED"})
             _log_final(run, results, trial)
