@@ -112,10 +112,11 @@ results-mpnet: $(STAMP)
 	for spec in $(MPNET_PILOTS); do \
 		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$spec.yaml --workers 2) || exit 1; \
 	done
-	# One arm per study: the KD arm and its no-KD twin, side by side, one worker each.
+	# One arm per study: the KD arm and its no-KD twin, side by side, one worker and one thread each.
 	cd results && export DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) && \
-		{ ../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 & kd=$$!; \
-		../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 --set name=mpnet_transfer_4l_nokd \
+		{ ../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 --set training.num_threads=1 & kd=$$!; \
+		../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 --set training.num_threads=1 \
+			--set name=mpnet_transfer_4l_nokd \
 			--set tracking.experiment=mpnet_transfer_4l_nokd --set data.transfer=null \
 			--set distill.temperature=1.0 --set distill.alpha_hard=1.0 --set distill.alpha_soft=0.0; \
 		nokd=$$?; wait $$kd && [ $$nokd -eq 0 ]; }
