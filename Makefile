@@ -122,6 +122,9 @@ results-mpnet: $(STAMP)
 		nokd=$$?; wait $$kd && [ $$nokd -eq 0 ]; }
 	cd results && ../$(BIN)/distill-lab records export mpnet_table_pilot_4l mpnet_table_4l mpnet_mapping_pilot mpnet_width_pilot \
 		mpnet_transfer_4l mpnet_transfer_4l_nokd --out records
+	$(BIN)/distill-lab records curves results/records --study mpnet_width_pilot --out docs/img/mpnet_width_pilot/dev_curves.png
+	$(BIN)/distill-lab records curves results/records --study mpnet_transfer_4l --study mpnet_transfer_4l_nokd \
+		--out docs/img/mpnet_transfer_4l/dev_curves.png
 	$(MAKE) report-records
 
 # Rebuild docs/results.md's record-backed regions from the committed run records alone (seconds).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -31,13 +31,14 @@ def records_export(experiment: list[str] = typer.Argument(..., help="MLflow expe
 
 @records_app.command("curves")
 def records_curves(records: Path = typer.Argument(..., help="A `records export` file or a directory of them."),
-                   study: str = typer.Option(..., "--study", help="Study name."),
+                   studies: List[str] = typer.Option(..., "--study", help="Study name; repeat it to draw the arms "
+                                                     "of several studies on one plot (a KD arm and its no-KD twin)."),
                    out_file: Path = typer.Option(..., "--out", help="PNG to write.")) -> None:
     """Dev-F1 learning curves of a study's arms from its run records (PNG), and each arm's peak."""
     from distill_lab.curves import curve_frame, draw, peaks
 
-    frame = curve_frame(records, study)
-    draw(frame, f"{study}: dev F1 during training", out_file)
+    frame = curve_frame(records, studies)
+    draw(frame, f"{' + '.join(dict.fromkeys(studies))}: dev F1 during training", out_file)
     for row in peaks(frame).itertuples():
         out.print(f"{row.arm}: peak {row.peak_dev_f1 * 100:.2f} at step {row.peak_step}, "
                   f"last {row.last_dev_f1 * 100:.2f} at step {row.last_step}", highlight=False, soft_wrap=True)

@@ -1,4 +1,4 @@
-"""Dev-F1 learning curves of a study's arms, drawn from committed run records.
+"""Dev-F1 learning curves of a study's arms (or of several studies'), drawn from committed run records.
 
 Did every arm converge within its budget, and where did it peak? Each trial run keeps the dev F1
 of every evaluation of every seed (`records export` stores them under `history`: `dev_f1` for the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -62,30 +62,41 @@ def _ends_with_the_trial_value(points: list[list[float]], metrics: dict[str, flo
             and points[-1][1] == metrics.get("best_dev_f1"))
 
 
-def curve_frame(records: Path, study: str) -> pd.DataFrame:
+def curve_frame(records: Path, studies: str | Sequence[str]) -> pd.DataFrame:
     """Columns arm, seed, evaluation (0, 1, ...), step, dev_f1: every dev evaluation of every
-    finished trial of `study`.
+    finished trial of the study (or studies).
 
     The arm is the trial's setting, with its init and any other searched value (`num_layers=5`)
-    where the study's trials differ in it.
-    Raises DistillLabError when the records hold no finished trial of that study.
+    where the study's trials differ in it; with several studies (a KD arm and its no-KD twin run as
+    studies of their own) each arm is prefixed with its study's name.
+    Raises DistillLabError when the records hold no finished trial of a study.
     """
-    trials = _trial_records(records, study)
-    if not trials:
-        raise DistillLabError(f"{records}: no finished trial of study {study!r} in these run records")
+    names = [studies] if isinstance(studies, str) else list(dict.fromkeys(studies))
     rows = []
-    for record, arm in zip(trials, _arms(trials)):
-        for key, points in record.get("history", {}).items():
-            match = _SEED_CURVE.match(key)
-            if match is None:
-                continue
-            seed = match.group(1) or "first"
-            points = sorted(points)
-            if seed == "first" and _ends_with_the_trial_value(points, record["metrics"]):
-                points = points[:-1]
-            rows.extend({"arm": arm, "seed": seed, "evaluation": index, "step": int(step), "dev_f1": float(value)}
-                        for index, (step, value) in enumerate(points))
+    for study in names:
+        trials = _trial_records(records, study)
+        if not trials:
+            raise DistillLabError(f"{records}: no finished trial of study {study!r} in these run records")
+        prefix = f"{study}: " if len(names) > 1 else ""
+        for record, arm in zip(trials, _arms(trials)):
+            rows.extend({**row, "arm": prefix + arm} for row in _evaluations(record))
     return pd.DataFrame(rows, columns=["arm", "seed", "evaluation", "step", "dev_f1"])
+
+
+def _evaluations(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every dev evaluation of every seed of one trial run: seed, evaluation, step, dev_f1."""
+    rows = []
+    for key, points in record.get("history", {}).items():
+        match = _SEED_CURVE.match(key)
+        if match is None:
+            continue
+        seed = match.group(1) or "first"
+        points = sorted(points)
+        if seed == "first" and _ends_with_the_trial_value(points, record["metrics"]):
+            points = points[:-1]
+        rows.extend({"seed": seed, "evaluation": index, "step": int(step), "dev_f1": float(value)}
+                    for index, (step, value) in enumerate(points))
+    return rows
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:

@@ -62,3 +62,24 @@ def test_records_curves_command_writes_the_png_and_prints_each_peak(tmp_path, ca
     assert "T=8 a=0.2/0.8/0 num_layers=5: peak 70.00 at step 10, last 60.00 at step 20" in printed
     with pytest.raises(DistillLabError, match="no finished trial of study 'nope'"):
         curve_frame(_records(tmp_path), "nope")
+
+
+def test_curves_of_several_studies_prefix_each_arm_with_its_study(tmp_path, capsys):
+    """A KD arm and its no-KD twin are studies of their own (mpnet_transfer_4l / _nokd): one plot."""
+    path = _records(tmp_path)
+    document = json.loads(path.read_text())
+    document["runs"][3] = _trial("d", "T=1 a=1/0/0", 3, {"dev_f1": [[10, 0.3], [20, 0.4], [21, 0.4]]}, 0.4)
+    document["runs"][3]["tags"]["study"] = "twin"
+    path.write_text(json.dumps(document))
+    frame = curve_frame(path, ["s", "twin", "s"])  # a repeated name counts once
+    assert sorted(frame["arm"].unique()) == ["s: T=8 a=0.2/0.8/0 num_layers=3", "s: T=8 a=0.2/0.8/0 num_layers=5",
+                                             "twin: T=1 a=1/0/0"]
+    assert frame[frame["arm"] == "twin: T=1 a=1/0/0"]["dev_f1"].tolist() == [0.3, 0.4]
+    assert len(frame) == 10
+    out = tmp_path / "pair.png"
+    assert app(["records", "curves", str(path), "--study", "s", "--study", "twin", "--out", str(out)],
+               standalone_mode=False) in (0, None)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "twin: T=1 a=1/0/0: peak 40.00 at step 20, last 40.00 at step 20" in capsys.readouterr().out
+    with pytest.raises(DistillLabError, match="no finished trial of study 'nope'"):
+        curve_frame(path, ["s", "nope"])
