@@ -112,6 +112,13 @@ results-mpnet: $(STAMP)
 	for spec in $(MPNET_PILOTS); do \
 		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$spec.yaml --workers 2) || exit 1; \
 	done
+	# The table's 3-layer shape: the same spec, one shape per study.
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_table_pilot.yaml \
+		--workers 2 --set name=mpnet_table_3l --set tracking.experiment=mpnet_table_3l --set student.from_teacher.num_layers=3
+	# The mapping pilot again on the init that won the table (the fine-tuned teacher's first 4 layers).
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_mapping_pilot.yaml \
+		--workers 2 --set name=mpnet_mapping_tinit --set tracking.experiment=mpnet_mapping_tinit \
+		--set student.init.strategy=teacher --set student.init.layers=first
 	# One arm per study: the KD arm and its no-KD twin, side by side, one worker and one thread each.
 	cd results && export DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) && \
 		{ ../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 --set training.num_threads=1 & kd=$$!; \
@@ -121,7 +128,7 @@ results-mpnet: $(STAMP)
 			--set distill.temperature=1.0 --set distill.alpha_hard=1.0 --set distill.alpha_soft=0.0; \
 		nokd=$$?; wait $$kd && [ $$nokd -eq 0 ]; }
 	cd results && ../$(BIN)/distill-lab records export mpnet_table_pilot_4l mpnet_table_4l mpnet_mapping_pilot mpnet_width_pilot \
-		mpnet_transfer_4l mpnet_transfer_4l_nokd --out records
+		mpnet_transfer_4l mpnet_transfer_4l_nokd mpnet_table_3l mpnet_mapping_tinit --out records
 	$(BIN)/distill-lab records curves results/records --study mpnet_width_pilot --out docs/img/mpnet_width_pilot/dev_curves.png
 	$(BIN)/distill-lab records curves results/records --study mpnet_transfer_4l --study mpnet_transfer_4l_nokd \
 		--out docs/img/mpnet_transfer_4l/dev_curves.png
