@@ -115,10 +115,8 @@ results-mpnet: $(STAMP)
 	# The table's 3-layer shape: the same spec, one shape per study.
 	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_table_pilot.yaml \
 		--workers 2 --set name=mpnet_table_3l --set tracking.experiment=mpnet_table_3l --set student.from_teacher.num_layers=3
-	# The mapping pilot again on the init that won the table (the fine-tuned teacher's first 4 layers).
-	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_mapping_pilot.yaml \
-		--workers 2 --set name=mpnet_mapping_tinit --set tracking.experiment=mpnet_mapping_tinit \
-		--set student.init.strategy=teacher --set student.init.layers=first
+	# The mapping comparison again on the init that won the table (the fine-tuned teacher's first 4 layers).
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_mapping_tinit.yaml --workers 2
 	# One arm per study: the KD arm and its no-KD twin, side by side, one worker and one thread each.
 	cd results && export DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) && \
 		{ ../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 --set training.num_threads=1 & kd=$$!; \
