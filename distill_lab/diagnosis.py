@@ -6,13 +6,18 @@ stack.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from distill_lab.evaluation import Scores
 
 # A distilled student this far (F1, 0..1) above its teacher on dev is not seed noise around it.
 WEAK_TEACHER_MARGIN = 0.005
+
+
+def weak_teacher(dev_f1: Any, teacher_f1: Any, distils: Any) -> Any:
+    """The weak-teacher rule alone, on floats (a run) or on pandas Series (the report's seed rows)."""
+    return distils & (teacher_f1 > 0) & (dev_f1 > teacher_f1 + WEAK_TEACHER_MARGIN)
 
 
 def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], predicted_types: Sequence[str], *,
@@ -41,7 +46,7 @@ def diagnose(dev: Scores, train_sample_f1: float, gold_types: Sequence[str], pre
         return ("underfitting",
                 "train F1 far below the teacher: train longer or at a higher learning rate, initialise from the "
                 "fine-tuned teacher, add data (data.augment, data.transfer)")
-    if distils and teacher_f1 > 0 and dev.f1 > teacher_f1 + WEAK_TEACHER_MARGIN:
+    if weak_teacher(dev.f1, teacher_f1, distils):
         return ("weak-teacher",
                 "the student is above its teacher on dev: train the teacher longer or at a higher learning rate "
                 "(teacher.finetune), or a stronger teacher; its soft labels can only pull the student down")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from distill_lab.diagnosis import WEAK_TEACHER_MARGIN
+from distill_lab.diagnosis import weak_teacher
 from distill_lab.record_schema import TeacherRecord, TrialRecord
 from distill_lab.records import ReportError, UnknownStudyError
 
@@ -84,9 +84,8 @@ def rediagnose(rows: pd.DataFrame) -> pd.Series:
     distils = sum(weights) > 0 if weights else pd.Series(False, index=rows.index)
     if "transfer_ratio" in rows:  # soft labels on text the teacher never fitted: above it is the point
         distils &= rows["transfer_ratio"].isna()
-    teacher = rows["teacher_dev_f1"]
     decided = diagnosis.isin(["ok", "weak-teacher"])
-    weak = distils & (teacher > 0) & (rows["dev_f1"] > teacher + WEAK_TEACHER_MARGIN)
+    weak = weak_teacher(rows["dev_f1"], rows["teacher_dev_f1"], distils)
     diagnosis[decided & weak] = "weak-teacher"
     diagnosis[decided & ~weak] = "ok"
     return diagnosis
