@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from distill_lab.errors import DistillLabError
 from distill_lab.record_schema import ROLE, ROLES, TEACHER, TEACHER_FINGERPRINT, tag
-from distill_lab.tracking import PARENT_TAG, using_tracking_uri
+from distill_lab.tracking import PARENT_TAG, mlflow_client, using_tracking_uri
 
 FORMAT = 1
 # Per-step curves kept in the export (a run logs them once per seed, prefixed seed<N>_ after the first).
@@ -69,7 +69,7 @@ def export_experiment(name: str, tracking_uri: str, out_dir: Path, *, merge: boo
     `merge`: keep the runs the file already holds that this store lacks (runs of the same study
     made on another machine, e.g. more seeds of a reference recipe); see `merge_records`.
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments())
@@ -230,7 +230,7 @@ def _missing_sqlite_file(tracking_uri: str) -> str | None:
 
 def search_runs_api(tracking_uri: str) -> pd.DataFrame:
     """The runs with a distill-lab role through the MLflow API (any store: server, file, database)."""
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         experiments = [e.experiment_id for e in client.search_experiments()]
     except Exception as err:  # noqa: BLE001 - an unreachable store is a user problem

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from distill_lab.analysis import Baseline, TemperatureFit, compare_groups, fit_temperature, temperature_figure
 from distill_lab.comparisons import comparison_table, load_comparisons
 from distill_lab.record_schema import ROLE, STUDY, STUDY_TAG, StudyRecord, tag
 from distill_lab.report_table import experiment_table, render, seed_rows, update_regions
 from distill_lab.records import ReportError, UnknownStudyError, load_records, load_runs
+from distill_lab.tracking import mlflow_client
 
 
 def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent: bool = False,
@@ -37,7 +37,7 @@ def temperature_sections(runs: pd.DataFrame, tracking_uri: str, *, log_to_parent
         if log_to_parent:
             parent = _parent_run(runs, study)
             if parent:
-                client = MlflowClient(tracking_uri)
+                client = mlflow_client(tracking_uri)
                 figure = temperature_figure(fit, f"{study}: dev F1 vs T")
                 client.log_figure(parent, figure, "analysis/temperature_curve.png")
                 client.log_dict(parent, fit.as_dict(), "analysis/temperature_fit.json")

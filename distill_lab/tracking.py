@@ -7,6 +7,7 @@ FINISHED, FAILED (exception) or KILLED (interrupt) by the context manager, never
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -48,10 +50,33 @@ def _client(uri: str) -> Any:
     # event instead, wakes at once when the run ends, and merges the step metrics it buffered.
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
     try:
-        return MlflowClient(tracking_uri=uri)
+        return mlflow_client(uri)
     except Exception as err:  # noqa: BLE001 - e.g. an unknown URI scheme: one line, not MLflow's traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingError(f"tracking URI {mask_url(uri)!r}: {scrub(first, uri)[:300]}") from None
+
+
+def mlflow_client(uri: str) -> MlflowClient:
+    """An MlflowClient on `uri`; a local SQLite store is opened under a lock held across processes.
+
+    Opening a store that has no tables yet creates them and runs MLflow's migrations (its
+    SqlAlchemyStore does so without a lock), so two processes opening one new `sqlite:` store at
+    once race in those migrations and one fails ("Online migration expected to match one row ...";
+    two `study run`s started together on a fresh directory). The first opener now builds it while
+    the others wait; the store is cached per process, so the lock is taken once.
+    """
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=uri)
+    key = hashlib.sha256(_sqlite_key(uri).encode()).hexdigest()[:16]
+    with FileLock(os.path.join(tempfile.gettempdir(), f"distill-lab-mlflow-{key}.lock")):
+        return MlflowClient(tracking_uri=uri)
+
+
+def _sqlite_key(uri: str) -> str:
+    """The database file a `sqlite:` URI names, absolute, so `sqlite:///mlflow.db` run from a
+    directory and `sqlite:////that/directory/mlflow.db` share one lock."""
+    path = uri.split("sqlite:///", 1)[-1].split("?", 1)[0]
+    return str(Path(path).resolve()) if path and path != ":memory:" else uri
 
 
 @dataclass
@@ -147,9 +172,23 @@ class Tracker:
                 return self.client.get_experiment_by_name(name).experiment_id
             raise TrackingError(f"tracking store {self.uri}: {str(err).splitlines()[0]}") from err
 
-    def tag_experiment(self, experiment_id: str, tags: dict[str, str]) -> None:
+    def tag_experiment(self, experiment_id: str, tags: dict[str, str], attempts: int = 3) -> None:
+        """Set the experiment's tags; a tag another process set at the same moment is set again.
+
+        MLflow sets a tag by looking it up and inserting it when absent, so two `study run`s tagging
+        one new experiment at once can both insert and one fails ("UNIQUE constraint failed:
+        experiment_tags..."); the second try finds the row and updates it.
+        """
         for key, value in tags.items():
-            self.client.set_experiment_tag(experiment_id, key, value)
+            for attempt in range(attempts):
+                try:
+                    self.client.set_experiment_tag(experiment_id, key, value)
+                    break
+                except Exception as err:  # noqa: BLE001 - any store error: try again, then say it
+                    if attempt == attempts - 1:
+                        raise TrackingError(f"tracking store {mask_url(self.uri)}: cannot tag experiment "
+                                            f"{experiment_id} with {key!r}: {str(err).splitlines()[0][:300]}") from err
+                    time.sleep(0.2 * (attempt + 1))
 
     def create_run(self, experiment_id: str, name: str, tags: dict[str, Any] | None = None,
                    parent_run_id: str | None = None) -> str:

@@ -1046,6 +1046,8 @@ def test_two_study_runs_started_together_make_one_parent_run(store):
     processes = [subprocess.Popen(command, cwd=store.dir, env=_cli_env(), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=CLI_TIMEOUT)[0] for process in processes]
+    for number, output in enumerate(outputs):
+        print(f"--- study run {number}:\n{output}")  # shown whole under a failure (the message is cut)
     assert [process.returncode for process in processes] == [0, 0], outputs
     study = _load(store, "twin_starts")
     runs = _runs(store, study)
