@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -9,9 +10,10 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from filelock import FileLock, Timeout
 
 from distill_lab import models
 from distill_lab.data.align import encode_sentences, label_index
@@ -107,15 +109,41 @@ def prepare_teacher(config: RunConfig, corpus: NerCorpus, *, device: torch.devic
                        spec.checkpoint, True)
 
     record = directory / "teacher.json"
-    if record.is_file():
-        info = json.loads(record.read_text())
-        model = models.load_token_classifier(directory, labels)
-        log.info("reusing fine-tuned teacher %s (dev F1 %.4f)", directory, info["dev_f1"])
-        return _remember(Teacher(model, tokenizer, ref, info["dev_f1"], info["test_f1"], key, str(directory), True,
-                                 info.get("fine_tune_seconds", 0.0)))
+    if not record.is_file():
+        with _fine_tune_lock(directory):
+            if not record.is_file():  # not published while this process waited
+                return _fine_tune(config, corpus, ref, tokenizer, key, directory, device=device, progress=progress,
+                                  precision=precision)
+    info = json.loads(record.read_text())
+    model = models.load_token_classifier(directory, labels)
+    log.info("reusing fine-tuned teacher %s (dev F1 %.4f)", directory, info["dev_f1"])
+    return _remember(Teacher(model, tokenizer, ref, info["dev_f1"], info["test_f1"], key, str(directory), True,
+                             info.get("fine_tune_seconds", 0.0)))
 
-    recipe_spec = spec.finetune
+
+@contextlib.contextmanager
+def _fine_tune_lock(directory: Path) -> Iterator[None]:
+    """One fine-tune per teacher across processes: two studies started together on one teacher
+    (same fingerprint) fine-tune it once; the second waits, then reads it from the cache. The lock
+    is the OS's on an open file: a fine-tune that dies frees it, and the waiter fine-tunes itself."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory.with_name(f"{directory.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another process is fine-tuning teacher %s: waiting for it, then reusing it", directory.name)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _fine_tune(config: RunConfig, corpus: NerCorpus, ref: models.ModelRef, tokenizer: Any, key: str, directory: Path,
+               *, device: torch.device, progress: Progress | None, precision: str) -> Teacher:
+    recipe_spec = config.teacher.finetune
     assert recipe_spec is not None  # the spec fills a default recipe when no checkpoint is given
+    labels = corpus.labels
     torch.manual_seed(recipe_spec.seed)
     model = models.token_classifier_from_backbone(ref, labels)
     label2id = label_index(labels)

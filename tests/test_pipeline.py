@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
+import threading
 
 import pytest
 import torch
@@ -340,6 +343,70 @@ def test_teacher_cache_reused_on_second_run(tmp_path, monkeypatch):
     # another fine-tune recipe is another teacher: a cache miss
     with pytest.raises(AssertionError, match="fine-tuned again"):
         run_distillation(_config("data.synthetic={n_train: 32, n_dev: 16, n_test: 8}", "teacher.finetune.epochs=2"))
+
+
+class _Waiting(logging.Handler):
+    """Set when prepare_teacher says it waits for another process's fine-tune of its teacher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "another process is fine-tuning teacher" in record.getMessage():
+            self.event.set()
+
+
+def _wait_for_the_lock(config: RunConfig, home, monkeypatch, publish) -> "pipeline.Teacher":
+    """prepare_teacher in a thread while this test holds the teacher's lock as another process
+    would; once it says it waits, `publish()` runs and the lock is released."""
+    from filelock import FileLock
+
+    from distill_lab.teacher import teacher_fingerprint
+
+    monkeypatch.setenv("DISTILL_LAB_HOME", str(home))
+    corpus = load_corpus(config.data)
+    ref = models.resolve_reference(config.teacher.model)
+    directory = home / "teachers" / teacher_fingerprint(config, corpus, ref)
+    directory.parent.mkdir(parents=True)
+    holder, waiting, result = FileLock(directory.with_name(f"{directory.name}.lock")), _Waiting(), {}
+    logger = logging.getLogger("distill_lab.teacher")
+    logger.addHandler(waiting)
+    holder.acquire()
+    try:
+        thread = threading.Thread(target=lambda: result.setdefault("teacher", prepare_teacher(config, corpus, device=CPU)))
+        thread.start()
+        assert waiting.event.wait(timeout=120), "prepare_teacher did not wait for the lock"
+        assert thread.is_alive() and "teacher" not in result
+        publish(directory)
+    finally:
+        holder.release()
+        logger.removeHandler(waiting)
+    thread.join(timeout=300)
+    return result["teacher"]
+
+
+def test_a_teacher_another_process_is_fine_tuning_is_waited_for_and_reused(tmp_path, monkeypatch):
+    config = _config("data.synthetic={n_train: 32, n_dev: 16, n_test: 8}", "teacher.finetune.epochs=1")
+    monkeypatch.setenv("DISTILL_LAB_HOME", str(tmp_path / "elsewhere"))
+    theirs = prepare_teacher(config, load_corpus(config.data), device=CPU)
+
+    def no_fine_tune(*args, **kwargs):
+        raise AssertionError("the teacher was fine-tuned a second time")
+
+    monkeypatch.setattr("distill_lab.teacher.train", no_fine_tune)
+    # The other process publishes its fine-tune while this one waits: it is read, never redone.
+    mine = _wait_for_the_lock(config, tmp_path / "home", monkeypatch,
+                              lambda directory: shutil.copytree(theirs.directory, directory))
+    assert mine.reused is True and mine.directory == str(tmp_path / "home" / "teachers" / theirs.fingerprint)
+    assert (mine.dev_f1, mine.test_f1) == (theirs.dev_f1, theirs.test_f1)
+
+
+def test_a_teacher_whose_other_fine_tune_died_unpublished_is_fine_tuned_by_the_waiter(tmp_path, monkeypatch):
+    config = _config("data.synthetic={n_train: 32, n_dev: 16, n_test: 8}", "teacher.finetune.epochs=1")
+    mine = _wait_for_the_lock(config, tmp_path, monkeypatch, lambda directory: None)
+    assert mine.reused is False
+    assert (tmp_path / "teachers" / mine.fingerprint / "teacher.json").is_file()
 
 
 # --------------------------------------------------------------------------- training
