@@ -74,9 +74,9 @@ def validate(spec: Path = typer.Argument(..., help="A study spec (YAML)."),
     if resolve_reference(study_spec.teacher.model, field="teacher.model").kind != "hub":
         _quiet_libraries()
         plan = load_plan(config)
-        check_grid(study_spec)  # every point a grid study will run, not only the base
+        grid_notes = check_grid(study_spec)  # every point a grid study will run, not only the base
         out.print(f"models: teacher {plan.n_teacher} layers, student {plan.n_student} layers")
-        for note in (*plan.notes, *precision.notes(config.training)):
+        for note in (*plan.notes, *precision.notes(config.training), *grid_notes):
             out.print(f"note: {note}", markup=False, soft_wrap=True)
     else:
         out.print("models: hub teacher, layer checks happen when the run loads it")

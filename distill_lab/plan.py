@@ -10,12 +10,12 @@ teacher fine-tune and nothing is checked twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from distill_lab import models
-from distill_lab.distill.mapping import LayerMapping, build_mapping, teacher_layers_needed, transformer_pairs
+from distill_lab.distill.mapping import LayerMapping, build_mapping, describe, teacher_layers_needed, transformer_pairs
 from distill_lab.errors import ModelError, SpecError
 from distill_lab.spec import DistillSpec, RunConfig
 
@@ -175,15 +175,31 @@ def load_plan(config: RunConfig) -> RunPlan:
                     same_tokenizer=shared)
 
 
-def check_grid(spec: Any) -> None:
+def check_grid(spec: Any) -> list[str]:
     """Plan every point of a grid study against the real model configs (no weights): a point no trial
-    could run (a mapping to a layer the student lacks) stops `validate` and `study run` up front."""
+    could run (a mapping to a layer the student lacks) stops `validate` and `study run` up front.
+
+    Returns notes on points that are one run twice: layer mappings written differently that build
+    the same pairs (`uniform` for 12 -> 4 is (0,0) (4,1) (8,2) (11,3)) spend a trial on a repeat.
+    """
     from distill_lab import search_space
 
     if not search_space.is_grid(spec):
-        return
+        return []
+    seen: dict[str, dict[str, Any]] = {}
+    notes = []
     for point, config in search_space.grid_configs(spec):
         try:
-            load_plan(config)
+            plan = load_plan(config)
         except SpecError as err:
             raise SpecError(f"study.search_space: grid point {point}: {err}") from None
+        run = config.model_dump(mode="json")
+        run["distill"].pop("layer_mapping")
+        key = repr((run, replace(plan, notes=())))
+        if key in seen:
+            notes.append(f"grid points {seen[key]} and {point} build the same run (layer mapping "
+                         f"{describe(plan.mapping) or 'none'}): the second trial repeats the first")
+        else:
+            seen[key] = point
+    return notes
+

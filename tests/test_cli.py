@@ -282,6 +282,31 @@ def test_a_grid_point_no_trial_could_run_is_refused_before_the_study_starts(tmp_
                                   "--tracking-uri", f"sqlite:///{tmp_path}/m.db")) == expected
 
 
+def test_grid_mappings_that_build_the_same_pairs_are_named_before_a_trial_repeats(tmp_path, capfd, caplog):
+    """`uniform` for the tiny 4 -> 2 cut is (0,0) (3,1): writing those pairs out as well repeats a run."""
+    grid = {"type": "grid", "values": [{"strategy": "uniform"}, {"strategy": "last"},
+                                       {"strategy": "explicit", "pairs": [[0, 0], [3, 1]]}]}
+    path = _spec(tmp_path, distill={"alpha_hidden": 1.0},
+                 study={"sampler": "grid", "pruner": "none", "search_space": {"distill.layer_mapping": grid}})
+    code, out, _ = _main(capfd, "validate", path)
+    notes = [line for line in out.splitlines() if line.startswith("note: grid points")]
+    assert code == 0 and notes == [
+        "note: grid points {'distill.layer_mapping': {'strategy': 'uniform'}} and {'distill.layer_mapping': "
+        "{'pairs': [[0, 0], [3, 1]], 'strategy': 'explicit'}} build the same run (layer mapping 0->0 3->1): "
+        "the second trial repeats the first"]
+    from distill_lab.spec import load_spec
+    from distill_lab.study.objective import check_against_models
+
+    check_against_models(load_spec(path))  # `study run` says it too, as a warning
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [notes[0][len("note: "):]]
+    # Three different mappings: nothing to say.
+    grid["values"][2] = {"strategy": "skip"}
+    path = _spec(tmp_path, distill={"alpha_hidden": 1.0},
+                 study={"sampler": "grid", "pruner": "none", "search_space": {"distill.layer_mapping": grid}})
+    code, out, _ = _main(capfd, "validate", path)
+    assert code == 0 and "repeats" not in out
+
+
 def test_cli_run_student_deeper_than_teacher(tmp_path, capfd):
     path = _spec(tmp_path, student={"from_teacher": {"num_layers": 8}})
     message = _one_error_line(*_main(capfd, "run", path))

@@ -56,7 +56,8 @@ def check_against_models(spec: StudySpec) -> tuple[int, int]:
     a point no trial could run (a mapping to a layer the student lacks) stops the study before it starts.
     Returns the base run's layer counts."""
     plan = load_plan(resolve(spec))
-    check_grid(spec)
+    for note in check_grid(spec):
+        log.warning("%s", note)
     return plan.n_teacher, plan.n_student
 
 
