@@ -6,6 +6,8 @@
     .venv/bin/python bench/distill_bench.py sweep    [--sentences 2000] [--epochs 1]
     .venv/bin/python bench/distill_bench.py precision [--sentences 2000] [--steps 40]
     .venv/bin/python bench/distill_bench.py compile  [--sentences 2000] [--steps 40]
+    .venv/bin/python bench/distill_bench.py speed    [--teacher mpnet-base] [--shapes 6x768,4x768,3x768,4x384]
+                                                     [--precision bf16] [--sentences 256] [--repeat 5]
 
 Data: CoNLL-2003 from $DISTILL_LAB_DATA_DIR/conll2003 when set, else the synthetic corpus.
 Teacher: the packaged MiniLM-L6 (fine-tuned once, cached). `step` compares, on the SAME batches:
@@ -311,14 +313,74 @@ def bench_sweep(args: argparse.Namespace) -> None:
           "(target <= 0.5 vs TextBrewer loop)")
 
 
+def _speed_shape(text: str) -> tuple[int, int]:
+    layers, _, width = text.partition("x")
+    return int(layers), int(width)
+
+
+def bench_speed(args: argparse.Namespace) -> None:
+    """Inference speed of student shapes against their teacher, measured once on a quiet machine.
+
+    A study times each run's student while its other workers train, so the report's speedup column
+    carries their load (one 3-layer cell read 2.93x-4.47x). Speed depends on the shape, not the
+    weights: each student here is the teacher's config cut to L layers of width W (heads W/64,
+    intermediate 4W), random weights, the run's code path (`distill_lab.speed.measure`: the same
+    dev sentences at batch 32, student and teacher passes alternating, median of --repeat passes).
+    """
+    import torch
+
+    from distill_lab import models
+    from distill_lab.data.align import encode_sentences
+    from distill_lab.data.loader import load_corpus
+    from distill_lab.spec import parse_spec, resolve
+    from distill_lab.speed import measure
+
+    spec = _spec(200, 1.0)
+    spec["teacher"]["model"] = args.teacher
+    spec["data"].pop("max_train_sentences", None)
+    config = resolve(parse_spec(spec))
+    corpus = load_corpus(config.data)
+    ref = models.resolve_reference(args.teacher)
+    teacher_config = models.load_config(ref)
+    tokenizer = models.load_tokenizer(ref, teacher_config.model_type)
+    dev = encode_sentences(corpus.dev, tokenizer, {label: i for i, label in enumerate(corpus.labels)},
+                           config.data.max_length)
+    teacher = models.token_classifier_from_backbone(ref, corpus.labels)
+    n_teacher, width = models.num_layers(teacher_config), models.hidden_width(teacher_config)
+    print(f"teacher {args.teacher}: {n_teacher} x {width}, {models.count_parameters(teacher) / 1e6:.1f}M params; "
+          f"{min(args.sentences, len(dev))} dev sentences, batch 32, {args.precision}, {args.repeat} passes each",
+          flush=True)
+    rows = []
+    for layers, hidden in map(_speed_shape, args.shapes.split(",")):
+        student_config = models.student_config_from_teacher(
+            teacher_config, num_layers=layers, hidden_size=None if hidden == width else hidden,
+            num_attention_heads=None if hidden == width else hidden // 64,
+            intermediate_size=None if hidden == width else 4 * hidden)
+        torch.manual_seed(0)
+        student = models.token_classifier_from_config(student_config, corpus.labels)
+        speed = measure(student, teacher, dev, dev, sentences=args.sentences, device=torch.device("cpu"),
+                        precision=args.precision, passes=args.repeat)
+        rows.append((f"{layers} x {hidden}", models.count_parameters(student), speed))
+        print(f"student {layers} x {hidden}: {speed.student_sentences_per_s:7.1f} sentences/s, teacher "
+              f"{speed.teacher_sentences_per_s:7.1f}: speedup {speed.speedup:.2f}x", flush=True)
+    print("\n| student | params | sentences/s | teacher sentences/s (same passes) | speedup |\n|---|---|---|---|---|")
+    for shape, params, speed in rows:
+        print(f"| {shape} | {params / 1e6:.1f}M | {speed.student_sentences_per_s:.1f} | "
+              f"{speed.teacher_sentences_per_s:.1f} | {speed.speedup:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["step", "tracking", "memory", "sweep", "precision", "compile"])
+    parser.add_argument("command", choices=["step", "tracking", "memory", "sweep", "precision", "compile",
+                                                         "speed"])
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--teacher", default="mpnet-base", help="speed: the teacher model (an alias or path)")
+    parser.add_argument("--shapes", default="6x768,4x768,3x768,4x384", help="speed: student LAYERSxWIDTH, comma-separated")
+    parser.add_argument("--precision", default="bf16", help="speed: fp32 or bf16")
     args = parser.parse_args()
     import torch
 
@@ -326,7 +388,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}; "
           f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
     {"step": bench_step, "tracking": bench_tracking, "memory": bench_memory, "sweep": bench_sweep,
-     "precision": bench_precision, "compile": bench_compile}[args.command](args)
+     "precision": bench_precision, "compile": bench_compile, "speed": bench_speed}[args.command](args)
 
 
 if __name__ == "__main__":
