@@ -106,6 +106,13 @@ class StudyProgress:
             self._line(f"study {self._name}: {finished}/{self._total} trials finished  {info}"
                        + (f"  ETA {_clock(eta)}" if eta is not None and finished < self._total else ""))
 
+    def note(self, text: str) -> None:
+        """A line the study has to say (above the bars in a terminal)."""
+        if self._lines:
+            self._line(text)
+        else:
+            self._console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def stage(self, name: str, done: int, total: int) -> None:
         # One bar per stage, restarted for every trial (done drops back to 1).
         if name not in self._stages:

@@ -26,7 +26,7 @@ from distill_lab.runtime import quiet_libraries
 from distill_lab.signals import sigterm_interrupts
 from distill_lab.search_space import decode
 from distill_lab.spec import StudySpec, load_spec, resolve
-from distill_lab.study.summary import state_counts, study_line
+from distill_lab.study.summary import diagnosis_news, state_counts, study_line
 from distill_lab.study.workers import supervise
 from distill_lab.tracking import RunHandle, Tracker, check_tracking_store, default_tracking_uri
 
@@ -80,8 +80,16 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
         with progress:
             stage = progress.stage
 
+            said: set[str] = set()
+            seen = {"finished": -1}
+
             def refresh(current: optuna.Study) -> None:
-                progress.study(driver.finished_count(current), study_line(current))
+                finished = driver.finished_count(current)
+                progress.study(finished, study_line(current))
+                if finished != seen["finished"]:  # a trial ended: has it shown a diagnosis not yet said?
+                    seen["finished"] = finished
+                    for line in diagnosis_news(current, said):
+                        progress.note(line)
 
             driver.prepare_shared_teacher(ctx, tracker, experiment_id, parent_run_id, stage=stage)
             if workers == 1:

@@ -126,3 +126,42 @@ def test_status_shows_a_running_trials_seed_step_and_time_left():
     assert progress_text(trial, now=started) == "seed 1/3 · teacher fine-tune 5/630"  # no estimate yet
     trial.user_attrs.pop("progress")
     assert progress_text(trial) == ""
+
+
+def test_the_first_trial_showing_each_diagnosis_is_said_once_while_the_study_runs():
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from distill_lab.study.summary import diagnosis_news, trials_table
+
+    study = optuna.create_study(direction="maximize")
+
+    def finish(temperature: float, value: float, diagnosis: str | None, state=TrialState.COMPLETE) -> None:
+        attrs = {"diagnosis": diagnosis, "diagnosis_advice": f"advice for {diagnosis}"} if diagnosis else {}
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value if state == TrialState.COMPLETE else None,
+            params={"distill.temperature": temperature},
+            distributions={"distill.temperature": FloatDistribution(1.0, 20.0)}, user_attrs=attrs))
+
+    said: set[str] = set()
+    finish(1.0, 0.8812, "ok")
+    assert diagnosis_news(study, said) == [] and said == set()
+    finish(10.0, 0.8901, "weak-teacher")
+    finish(15.0, 0.8899, "weak-teacher")
+    finish(20.0, 0.41, "underfitting", state=TrialState.FAIL)  # only finished trials are read
+    news = diagnosis_news(study, said)
+    assert news == ["trial #1 (temperature=10, dev F1 89.01): diagnosis weak-teacher: advice for weak-teacher"]
+    assert said == {"weak-teacher"} and diagnosis_news(study, said) == []
+    finish(4.0, 0.52, "underfitting")
+    assert diagnosis_news(study, said) == ["trial #4 (temperature=4, dev F1 52.00): diagnosis underfitting: advice for underfitting"]
+    # `study status` shows every trial's diagnosis other than ok.
+    assert [row["reason"] for row in trials_table(study)] == [
+        "", "diagnosis: weak-teacher", "diagnosis: weak-teacher", "", "diagnosis: underfitting"]
+
+
+def test_a_study_note_is_a_line_when_redirected():
+    out = io.StringIO()
+    with StudyProgress(Console(file=out, width=200), "grid", 2, 0, "done 0", clock=Clock()) as progress:
+        progress.note("trial #0 (T=4, dev F1 52.00): diagnosis underfitting: train longer")
+    assert "trial #0 (T=4, dev F1 52.00): diagnosis underfitting: train longer" in out.getvalue()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import json
 import os
 import shutil
@@ -152,6 +153,13 @@ def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(stor
     study = _load(store)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # The study said the first trial showing each diagnosis other than ok, and nothing else.
+    first_of_each = {}
+    for trial in trials:
+        if trial.user_attrs["diagnosis"] != "ok":
+            first_of_each.setdefault(trial.user_attrs["diagnosis"], trial.number)
+    said = re.findall(r"trial #(\d+) \(.*\): diagnosis (\S+):", output)
+    assert said == sorted(((str(n), d) for d, n in first_of_each.items()), key=lambda item: int(item[0]))
     client = _client(store)
     runs = _runs(store, study)
     by_role: dict[str, list[Any]] = {}
@@ -218,6 +226,9 @@ def test_run_study_creates_one_parent_a_teacher_and_one_child_run_per_trial(stor
         assert set(FINAL_METRICS) <= set(metrics)
         assert metrics["best_dev_f1"] == pytest.approx(trial.value)
         assert trial.user_attrs["dev_f1_per_seed"] == {"13": pytest.approx(trial.value)}
+        # The run's diagnosis, on the trial too (for `study run` to say as soon as a trial shows one).
+        assert (trial.user_attrs["diagnosis"], trial.user_attrs["diagnosis_advice"]) == (
+            tags["diagnosis"], tags["diagnosis_advice"])
         assert metrics["teacher_dev_f1"] == pytest.approx(teacher.data.metrics["dev_f1"])
         assert metrics["teacher_params"] == teacher.data.metrics["teacher_params"]
         assert metrics["compression"] == pytest.approx(metrics["teacher_params"] / metrics["student_params"])

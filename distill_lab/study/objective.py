@@ -227,6 +227,9 @@ def _log_final(run: RunHandle, results: list[RunResult], trial: optuna.Trial) ->
     run.set_tags(tags)
     trial.set_user_attr("dev_f1_per_seed", {str(r.config.training.seed): r.dev.f1 for r in results})
     trial.set_user_attr("test_f1_per_seed", {str(r.config.training.seed): r.test.f1 for r in results})
+    # The first seed's diagnosis, for `study run` to say while the study goes on (and `study status`).
+    trial.set_user_attr("diagnosis", results[0].diagnosis)
+    trial.set_user_attr("diagnosis_advice", results[0].advice)
     return metrics["best_dev_f1"]
 
 

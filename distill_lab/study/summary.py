@@ -50,10 +50,35 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
             "params": naming.compact_params(params),
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
             "seconds": trial.duration.total_seconds() if trial.duration is not None else None,
-            "reason": trial.user_attrs.get("fail_reason", ""),
+            "reason": trial.user_attrs.get("fail_reason", "") or _diagnosis_text(trial),
             "progress": progress_text(trial) if trial.state == TrialState.RUNNING else "",
         })
     return rows
+
+
+def _diagnosis_text(trial: optuna.trial.FrozenTrial) -> str:
+    diagnosis = trial.user_attrs.get("diagnosis")
+    shown = trial.state == TrialState.COMPLETE and diagnosis and diagnosis != "ok"
+    return f"diagnosis: {diagnosis}" if shown else ""
+
+
+def diagnosis_news(study: optuna.Study, said: set[str]) -> list[str]:
+    """A line for the first finished trial showing each diagnosis other than `ok` not yet in `said`
+    (which it extends): `study run` says it as soon as it shows, not after the grid has run.
+
+    A weak teacher, an under-fitting recipe or collapsed labels seen on trial 1 of a 6-hour grid
+    are worth stopping for; the rest of the trials with the same diagnosis are in `study status`.
+    """
+    lines = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        diagnosis = trial.user_attrs.get("diagnosis")
+        if not diagnosis or diagnosis == "ok" or diagnosis in said:
+            continue
+        said.add(diagnosis)
+        params = naming.compact_params({k: search_space.decode(v) for k, v in (trial.params or {}).items()})
+        lines.append(f"trial #{trial.number} ({params or 'base values'}, dev F1 {trial.value * 100:.2f}): diagnosis "
+                     f"{diagnosis}: {trial.user_attrs.get('diagnosis_advice', '')}")
+    return lines
 
 
 def progress_text(trial: optuna.trial.FrozenTrial, now: datetime.datetime | None = None) -> str:
