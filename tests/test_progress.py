@@ -124,6 +124,11 @@ def test_status_shows_a_running_trials_seed_step_and_time_left():
     trial.user_attrs.pop("dev_f1_per_seed")
     trial.user_attrs["progress"] = {"seed": 1, "seeds": 3, "stage": "teacher fine-tune", "step": 5, "total": 630}
     assert progress_text(trial, now=started) == "seed 1/3 · teacher fine-tune 5/630"  # no estimate yet
+    # One step of the only seed after a minute of start-up: too early to say (it would read ~315 min).
+    trial.user_attrs["progress"] = {"seed": 1, "seeds": 1, "stage": "distill", "step": 1, "total": 315}
+    assert progress_text(trial, now=started + datetime.timedelta(minutes=1)) == "seed 1/1 · distill 1/315"
+    trial.user_attrs["progress"] = {"seed": 1, "seeds": 1, "stage": "distill", "step": 63, "total": 315}
+    assert progress_text(trial, now=started + datetime.timedelta(minutes=1)) == "seed 1/1 · distill 63/315 · ~4 min left"
     trial.user_attrs.pop("progress")
     assert progress_text(trial) == ""
 
