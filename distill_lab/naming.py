@@ -17,10 +17,15 @@ INIT_NAMES = {
 
 def mapping_name(config: RunConfig) -> str:
     mapping = config.distill.layer_mapping
-    name = mapping.strategy
-    if mapping.strategy == "explicit" and mapping.pairs:
-        name = "explicit[" + ",".join(f"{t}>{s}" for t, s in mapping.pairs) + "]"
-    return name + ("+emb" if mapping.include_embeddings else "")
+    return mapping_label(mapping.strategy, mapping.pairs, mapping.include_embeddings)
+
+
+def mapping_label(strategy: str, pairs: Any = None, include_embeddings: bool = False) -> str:
+    """'uniform', 'explicit[0>0,4>1,8>2,11>3]', '+emb' when the embeddings are matched too."""
+    name = strategy
+    if strategy == "explicit" and pairs:
+        name = "explicit[" + ",".join(f"{t}>{s}" for t, s in pairs) + "]"
+    return name + ("+emb" if include_embeddings else "")
 
 
 def setting(config: RunConfig) -> str:

@@ -24,7 +24,7 @@ from distill_lab.pipeline import run_distillation
 from distill_lab.progress import StudyProgress
 from distill_lab.runtime import quiet_libraries
 from distill_lab.signals import sigterm_interrupts
-from distill_lab.search_space import decode
+from distill_lab.search_space import MAPPING_KEY, decode
 from distill_lab.spec import StudySpec, load_spec, resolve
 from distill_lab.study.summary import diagnosis_news, state_counts, study_line
 from distill_lab.study.workers import supervise
@@ -238,7 +238,13 @@ def print_status(spec_or_name: str, storage: str | None, out: Console, overrides
         # A run id is what one copies into the MLflow UI: never wrapped; params fold, reasons are cut.
         table.add_column(column, no_wrap=column == "MLflow run", min_width=32 if column == "MLflow run" else None,
                          overflow="ellipsis" if column == "progress / reason" else "fold")
-    for row in driver.trials_table(study):
+    replay = None
+    if any(key.startswith(f"{MAPPING_KEY}.") for trial in study.get_trials(deepcopy=False) for key in trial.params):
+        try:  # the study's models' configs (no weights): a sampled mapping then shows as its pairs
+            replay = driver.replay_context(study, storage_url)
+        except DistillLabError:
+            pass  # e.g. a model not installed on this machine: Optuna's offsets, as stored
+    for row in driver.trials_table(study, replay):
         value = f"{row['value'] * 100:.2f}" if row["value"] is not None else "-"
         seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"
         table.add_row(str(row["number"]), row["state"], row["params"], value, row["mlflow_run_id"], seconds,

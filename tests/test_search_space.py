@@ -170,6 +170,25 @@ def test_suggest_monotone_mapping_gives_explicit_pairs_and_offset_params():
     assert resolve(spec, params).distill.layer_mapping.pairs == [tuple(p) for p in mapping["pairs"]]
 
 
+def test_status_shows_a_sampled_monotone_mapping_as_the_pairs_it_stands_for():
+    from distill_lab.study.storage import StudyContext
+    from distill_lab.study.summary import trials_table
+
+    spec = _spec({"distill.layer_mapping": {"type": "monotone_mapping", "pin_ends": False},
+                  "distill.temperature": {"type": "float", "low": 1.0, "high": 8.0}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    trial = study.ask()
+    params = search_space.suggest(trial, spec, n_teacher=12, n_student=4)
+    study.tell(trial, 0.5)
+    pairs = params["distill.layer_mapping"]["pairs"]
+    label = "explicit[" + ",".join(f"{t}>{s}" for t, s in pairs) + "]"
+    ctx = StudyContext(spec, "memory", "", 1, 12, 4)
+    (row,) = trials_table(study, ctx)
+    assert row["params"] == f"temperature={params['distill.temperature']:.4g} layer_mapping={label}"
+    (raw,) = trials_table(study)  # without the study's context: Optuna's offsets, as stored
+    assert "s0_offset=" in raw["params"] and "explicit[" not in raw["params"]
+
+
 def test_suggest_monotone_mapping_with_pinned_ends_and_no_room_samples_nothing():
     spec = _spec({"distill.layer_mapping": {"type": "monotone_mapping", "pin_ends": True}})
     params, distributions, _ = _ask(spec, n_teacher=4, n_student=4)

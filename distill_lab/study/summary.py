@@ -9,6 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from distill_lab import models, naming, search_space
+from distill_lab.search_space import MAPPING_KEY
 from distill_lab.spec import StudySpec
 from distill_lab.errors import DistillLabError
 from distill_lab.study.storage import FINISHED_STATES, StudyContext, spec_of
@@ -41,19 +42,33 @@ def study_line(study: optuna.Study) -> str:
             f"failed {counts[TrialState.FAIL]} running {counts[TrialState.RUNNING]}  {best_text}")
 
 
-def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
+def trials_table(study: optuna.Study, ctx: StudyContext | None = None) -> list[dict[str, Any]]:
+    """A row per trial. With `ctx` (the study's replay context) a sampled monotone mapping shows as
+    the pairs it stands for, not as Optuna's per-layer offsets."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        params = {k: search_space.decode(v) for k, v in (trial.params or {}).items()}
         rows.append({
             "number": trial.number, "state": trial.state.name, "value": trial.value,
-            "params": naming.compact_params(params),
+            "params": naming.compact_params(shown_params(trial, ctx)),
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
             "seconds": trial.duration.total_seconds() if trial.duration is not None else None,
             "reason": trial.user_attrs.get("fail_reason", "") or _diagnosis_text(trial),
             "progress": progress_text(trial) if trial.state == TrialState.RUNNING else "",
         })
     return rows
+
+
+def shown_params(trial: optuna.trial.FrozenTrial, ctx: StudyContext | None) -> dict[str, Any]:
+    """A trial's searched values as a reader wants them: a layer mapping as its label."""
+    params = {k: search_space.decode(v) for k, v in (trial.params or {}).items()}
+    if ctx is None or not any(key.startswith(f"{MAPPING_KEY}.") for key in params):
+        return params
+    resolved = rerun_params(trial, ctx)
+    mapping = resolved.get(MAPPING_KEY)
+    if isinstance(mapping, dict):
+        resolved[MAPPING_KEY] = naming.mapping_label(mapping["strategy"], mapping.get("pairs"),
+                                                     bool(mapping.get("include_embeddings")))
+    return resolved
 
 
 def _diagnosis_text(trial: optuna.trial.FrozenTrial) -> str:
