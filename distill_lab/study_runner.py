@@ -24,9 +24,9 @@ from distill_lab.pipeline import run_distillation
 from distill_lab.progress import StudyProgress
 from distill_lab.runtime import quiet_libraries
 from distill_lab.signals import sigterm_interrupts
-from distill_lab.search_space import MAPPING_KEY, decode
+from distill_lab.search_space import MAPPING_KEY
 from distill_lab.spec import StudySpec, load_spec, resolve
-from distill_lab.study.summary import diagnosis_news, state_counts, study_line
+from distill_lab.study.summary import diagnosis_news, shown_params, state_counts, study_line
 from distill_lab.study.workers import supervise
 from distill_lab.tracking import RunHandle, Tracker, check_tracking_store, default_tracking_uri
 
@@ -211,7 +211,7 @@ def _print_summary(study: optuna.Study, ctx: driver.StudyContext, out: Console) 
     out.print(f"study {study.study_name}: {study_line(study)}")
     best = driver.best_trial(study)
     if best is not None:
-        params = {k: decode(v) for k, v in best.params.items()}
+        params = shown_params(best, ctx)  # a sampled mapping as its pairs
         out.print(f"best trial #{best.number}: dev F1 {best.value * 100:.2f}  params {params}  "
                   f"MLflow run {best.user_attrs.get('mlflow_run_id', '-')}")
     out.print(f"Optuna storage: {mask_url(ctx.storage_url)}   MLflow: {mask_url(ctx.tracking_uri)}   "
