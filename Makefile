@@ -97,8 +97,8 @@ results-claims: $(STAMP)
 	$(MAKE) report-records
 
 # MPNet-base (12 layers, the [mpnet] extra) into the practitioner's shapes on 2,000 sentences: the
-# table (4 layers x {no KD, T=10, T=15} x init {teacher, pretrained}), the 12 -> 4 layer mappings
-# with the hidden loss, a 384-wide student's projection, and the 4-layer student with KD on transfer
+# table (4, 3 and 6 layers x {no KD, T=10, T=15} x init {teacher, pretrained}), the 12 -> 4 layer
+# mappings with the hidden loss (a grid, then a TPE search and its best rerun), a 384-wide student's projection, and the 4-layer student with KD on transfer
 # text vs its no-KD twin on the gold alone; one cached teacher for all of them.
 # Wall time in docs/results.md ("The practitioner's shapes"). bf16: needs native bf16.
 MPNET_PILOTS := mpnet_table_pilot mpnet_mapping_pilot mpnet_width_pilot
@@ -112,11 +112,21 @@ results-mpnet: $(STAMP)
 	for spec in $(MPNET_PILOTS); do \
 		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/$$spec.yaml --workers 2) || exit 1; \
 	done
-	# The table's 3-layer shape: the same spec, one shape per study.
-	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_table_pilot.yaml \
-		--workers 2 --set name=mpnet_table_3l --set tracking.experiment=mpnet_table_3l --set student.from_teacher.num_layers=3
-	# The mapping comparison again on the init that won the table (the fine-tuned teacher's first 4 layers).
+	# The table's 3- and 6-layer shapes: the same spec, one shape per study.
+	for layers in 3 6; do \
+		(cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_table_pilot.yaml \
+			--workers 2 --set name=mpnet_table_$${layers}l --set tracking.experiment=mpnet_table_$${layers}l \
+			--set student.from_teacher.num_layers=$$layers) || exit 1; \
+	done
+	# The mapping comparison again on the init that won the table (the fine-tuned teacher's first 4 layers),
+	# a TPE search over monotone mappings on the same init, and its best mapping rerun with fresh seeds.
 	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_mapping_tinit.yaml --workers 2
+	cd results && DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) ../$(BIN)/distill-lab study run ../studies/mpnet_mapping_search.yaml --workers 2
+	cd results && export DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) && \
+		best="$$(../$(BIN)/distill-lab study best ../studies/mpnet_mapping_search.yaml --as-set)" && \
+		../$(BIN)/distill-lab study run ../studies/mpnet_mapping_tinit.yaml --workers 2 --set name=mpnet_mapping_best \
+			--set tracking.experiment=mpnet_mapping_best --set 'study.seeds=[4,5,6]' --set 'study.search_space={}' \
+			--set study.sampler=random --set study.n_trials=1 --set "$$best"
 	# One arm per study: the KD arm and its no-KD twin, side by side, one worker and one thread each.
 	cd results && export DISTILL_LAB_DATA_DIR=$(abspath $(DATA_DIR)) && \
 		{ ../$(BIN)/distill-lab study run ../studies/mpnet_transfer_4l.yaml --workers 1 --set training.num_threads=1 & kd=$$!; \
@@ -126,7 +136,8 @@ results-mpnet: $(STAMP)
 			--set distill.temperature=1.0 --set distill.alpha_hard=1.0 --set distill.alpha_soft=0.0; \
 		nokd=$$?; wait $$kd && [ $$nokd -eq 0 ]; }
 	cd results && ../$(BIN)/distill-lab records export mpnet_table_pilot_4l mpnet_table_4l mpnet_mapping_pilot mpnet_width_pilot \
-		mpnet_transfer_4l mpnet_transfer_4l_nokd mpnet_table_3l mpnet_mapping_tinit --out records
+		mpnet_transfer_4l mpnet_transfer_4l_nokd mpnet_table_3l mpnet_table_6l mpnet_mapping_tinit mpnet_mapping_search \
+		mpnet_mapping_best --out records
 	$(BIN)/distill-lab records curves results/records --study mpnet_width_pilot --out docs/img/mpnet_width_pilot/dev_curves.png
 	$(BIN)/distill-lab records curves results/records --study mpnet_transfer_4l --study mpnet_transfer_4l_nokd \
 		--out docs/img/mpnet_transfer_4l/dev_curves.png
