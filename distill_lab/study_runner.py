@@ -78,19 +78,7 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     progress = StudyProgress(console, ctx.spec.name, ctx.n_trials, driver.finished_count(study), study_line(study))
     try:
         with progress:
-            stage = progress.stage
-
-            said: set[str] = set()
-            seen = {"finished": -1}
-
-            def refresh(current: optuna.Study) -> None:
-                finished = driver.finished_count(current)
-                progress.study(finished, study_line(current))
-                if finished != seen["finished"]:  # a trial ended: has it shown a diagnosis not yet said?
-                    seen["finished"] = finished
-                    for line in diagnosis_news(current, said):
-                        progress.note(line)
-
+            stage, refresh = progress.stage, _Refresh(progress)
             driver.prepare_shared_teacher(ctx, tracker, experiment_id, parent_run_id, stage=stage)
             if workers == 1:
                 driver.work(ctx, on_trial=refresh, stage=stage, storage=storage)
@@ -123,6 +111,23 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     if ctx.save_best:
         _publish_best(study, ctx, tracker, console)
     return 0
+
+
+class _Refresh:
+    """Called after each poll of the workers and each trial: the study's progress, and a line for
+    each diagnosis other than ok the first time a finished trial shows it."""
+
+    def __init__(self, progress: StudyProgress) -> None:
+        self._progress, self._finished = progress, -1
+        self._said: set[str] = set()
+
+    def __call__(self, current: optuna.Study) -> None:
+        finished = driver.finished_count(current)
+        self._progress.study(finished, study_line(current))
+        if finished != self._finished:  # a trial ended: has it shown a diagnosis not yet said?
+            self._finished = finished
+            for line in diagnosis_news(current, self._said):
+                self._progress.note(line)
 
 
 def _publish_best(study: optuna.Study, ctx: driver.StudyContext, tracker: Tracker, console: Console) -> None:
