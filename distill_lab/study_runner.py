@@ -244,7 +244,9 @@ def print_status(spec_or_name: str, storage: str | None, out: Console, overrides
         table.add_column(column, no_wrap=column == "MLflow run", min_width=32 if column == "MLflow run" else None,
                          overflow="ellipsis" if column == "progress / reason" else "fold")
     replay = None
-    if any(key.startswith(f"{MAPPING_KEY}.") for trial in study.get_trials(deepcopy=False) for key in trial.params):
+    sampled_mapping = any(key.startswith(f"{MAPPING_KEY}.") for trial in study.get_trials(deepcopy=False)
+                          for key in trial.params)
+    if sampled_mapping and "spec" in study.user_attrs:
         try:  # the study's models' configs (no weights): a sampled mapping then shows as its pairs
             replay = driver.replay_context(study, storage_url)
         except DistillLabError:
