@@ -78,7 +78,7 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     progress = StudyProgress(console, ctx.spec.name, ctx.n_trials, driver.finished_count(study), study_line(study))
     try:
         with progress:
-            stage, refresh = progress.stage, _Refresh(progress)
+            stage, refresh = progress.stage, _Refresh(progress, ctx)
             driver.prepare_shared_teacher(ctx, tracker, experiment_id, parent_run_id, stage=stage)
             if workers == 1:
                 driver.work(ctx, on_trial=refresh, stage=stage, storage=storage)
@@ -117,8 +117,8 @@ class _Refresh:
     """Called after each poll of the workers and each trial: the study's progress, and a line for
     each diagnosis other than ok the first time a finished trial shows it."""
 
-    def __init__(self, progress: StudyProgress) -> None:
-        self._progress, self._finished = progress, -1
+    def __init__(self, progress: StudyProgress, ctx: driver.StudyContext) -> None:
+        self._progress, self._ctx, self._finished = progress, ctx, -1
         self._said: set[str] = set()
 
     def __call__(self, current: optuna.Study) -> None:
@@ -126,7 +126,7 @@ class _Refresh:
         self._progress.study(finished, study_line(current))
         if finished != self._finished:  # a trial ended: has it shown a diagnosis not yet said?
             self._finished = finished
-            for line in diagnosis_news(current, self._said):
+            for line in diagnosis_news(current, self._said, self._ctx):
                 self._progress.note(line)
 
 

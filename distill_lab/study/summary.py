@@ -77,9 +77,10 @@ def _diagnosis_text(trial: optuna.trial.FrozenTrial) -> str:
     return f"diagnosis: {diagnosis}" if shown else ""
 
 
-def diagnosis_news(study: optuna.Study, said: set[str]) -> list[str]:
+def diagnosis_news(study: optuna.Study, said: set[str], ctx: StudyContext | None = None) -> list[str]:
     """A line for the first finished trial showing each diagnosis other than `ok` not yet in `said`
-    (which it extends): `study run` says it as soon as it shows, not after the grid has run.
+    (which it extends): `study run` says it as soon as it shows, not after the grid has run. With
+    `ctx`, a sampled mapping reads as its pairs.
 
     A weak teacher, an under-fitting recipe or collapsed labels seen on trial 1 of a 6-hour grid
     are worth stopping for; the rest of the trials with the same diagnosis are in `study status`.
@@ -90,7 +91,7 @@ def diagnosis_news(study: optuna.Study, said: set[str]) -> list[str]:
         if not diagnosis or diagnosis == "ok" or diagnosis in said:
             continue
         said.add(diagnosis)
-        params = naming.compact_params({k: search_space.decode(v) for k, v in (trial.params or {}).items()})
+        params = naming.compact_params(shown_params(trial, ctx))
         lines.append(f"trial #{trial.number} ({params or 'base values'}, dev F1 {trial.value * 100:.2f}): diagnosis "
                      f"{diagnosis}: {trial.user_attrs.get('diagnosis_advice', '')}")
     return lines
