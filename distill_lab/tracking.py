@@ -68,7 +68,8 @@ def mlflow_client(uri: str) -> MlflowClient:
     if not uri.startswith("sqlite:"):
         return MlflowClient(tracking_uri=uri)
     key = hashlib.sha256(_sqlite_key(uri).encode()).hexdigest()[:16]
-    with FileLock(os.path.join(tempfile.gettempdir(), f"distill-lab-mlflow-{key}.lock")):
+    # In the system temp directory, writable by every user who can write the database itself.
+    with FileLock(os.path.join(tempfile.gettempdir(), f"distill-lab-mlflow-{key}.lock"), mode=0o666):
         return MlflowClient(tracking_uri=uri)
 
 
