@@ -24,9 +24,8 @@ from distill_lab.pipeline import run_distillation
 from distill_lab.progress import StudyProgress
 from distill_lab.runtime import quiet_libraries
 from distill_lab.signals import sigterm_interrupts
-from distill_lab.search_space import MAPPING_KEY
 from distill_lab.spec import StudySpec, load_spec, resolve
-from distill_lab.study.summary import diagnosis_news, shown_params, state_counts, study_line
+from distill_lab.study.summary import diagnosis_news, samples_mapping, shown_params, state_counts, study_line
 from distill_lab.study.workers import supervise
 from distill_lab.tracking import RunHandle, Tracker, check_tracking_store, default_tracking_uri
 
@@ -244,9 +243,7 @@ def print_status(spec_or_name: str, storage: str | None, out: Console, overrides
         table.add_column(column, no_wrap=column == "MLflow run", min_width=32 if column == "MLflow run" else None,
                          overflow="ellipsis" if column == "progress / reason" else "fold")
     replay = None
-    sampled_mapping = any(key.startswith(f"{MAPPING_KEY}.") for trial in study.get_trials(deepcopy=False)
-                          for key in trial.params)
-    if sampled_mapping and "spec" in study.user_attrs:
+    if any(map(samples_mapping, study.get_trials(deepcopy=False))) and "spec" in study.user_attrs:
         try:  # the study's models' configs (no weights): a sampled mapping then shows as its pairs
             replay = driver.replay_context(study, storage_url)
         except DistillLabError:

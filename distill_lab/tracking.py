@@ -17,7 +17,7 @@ import urllib.request
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -78,6 +78,17 @@ def _sqlite_key(uri: str) -> str:
     directory and `sqlite:////that/directory/mlflow.db` share one lock."""
     path = uri.split("sqlite:///", 1)[-1].split("?", 1)[0]
     return str(Path(path).resolve()) if path and path != ":memory:" else uri
+
+
+def _retrying(call: Callable[[], Any], attempts: int, *, pause: float) -> Any:
+    """`call()`, tried again after pause, 2 x pause, ... when the store fails (busy, or a row another
+    process inserted a moment before); the last failure is raised."""
+    for attempt in range(attempts - 1):
+        try:
+            return call()
+        except Exception:  # noqa: BLE001 - any store error: try again
+            time.sleep(pause * (attempt + 1))
+    return call()
 
 
 @dataclass
@@ -181,15 +192,11 @@ class Tracker:
         experiment_tags..."); the second try finds the row and updates it.
         """
         for key, value in tags.items():
-            for attempt in range(attempts):
-                try:
-                    self.client.set_experiment_tag(experiment_id, key, value)
-                    break
-                except Exception as err:  # noqa: BLE001 - any store error: try again, then say it
-                    if attempt == attempts - 1:
-                        raise TrackingError(f"tracking store {mask_url(self.uri)}: cannot tag experiment "
-                                            f"{experiment_id} with {key!r}: {str(err).splitlines()[0][:300]}") from err
-                    time.sleep(0.2 * (attempt + 1))
+            try:
+                _retrying(lambda: self.client.set_experiment_tag(experiment_id, key, value), attempts, pause=0.2)
+            except Exception as err:  # noqa: BLE001 - any store error, after the retries: one clear line
+                raise TrackingError(f"tracking store {mask_url(self.uri)}: cannot tag experiment {experiment_id} "
+                                    f"with {key!r}: {str(err).splitlines()[0][:300]}") from err
 
     def create_run(self, experiment_id: str, name: str, tags: dict[str, Any] | None = None,
                    parent_run_id: str | None = None) -> str:
@@ -213,15 +220,10 @@ class Tracker:
     def _end_run_retrying(self, run_id: str, status: str, attempts: int = 3, *, keep_async_logging: bool = False) -> None:
         """End a run even when the store is busy for a moment (an SQLite store locked by the other
         workers, all ending their runs at one Ctrl-C); a run it cannot end is said, not hidden."""
-        for attempt in range(attempts):
-            try:
-                self.end_run(run_id, status, keep_async_logging=keep_async_logging)
-                return
-            except Exception as err:  # noqa: BLE001 - any store error: try again, then report
-                if attempt == attempts - 1:
-                    log.warning("could not end MLflow run %s as %s: %r", run_id, status, err)
-                    return
-                time.sleep(0.5 * (attempt + 1))
+        try:
+            _retrying(lambda: self.end_run(run_id, status, keep_async_logging=keep_async_logging), attempts, pause=0.5)
+        except Exception as err:  # noqa: BLE001 - any store error, after the retries: said, not raised
+            log.warning("could not end MLflow run %s as %s: %r", run_id, status, err)
 
     @contextlib.contextmanager
     def run(self, experiment_id: str, name: str, *, tags: dict[str, Any] | None = None,

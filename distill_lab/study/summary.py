@@ -58,10 +58,15 @@ def trials_table(study: optuna.Study, ctx: StudyContext | None = None) -> list[d
     return rows
 
 
+def samples_mapping(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial sampled a layer mapping (stored as Optuna params under `distill.layer_mapping.`)."""
+    return any(key.startswith(f"{MAPPING_KEY}.") for key in trial.params or {})
+
+
 def shown_params(trial: optuna.trial.FrozenTrial, ctx: StudyContext | None) -> dict[str, Any]:
     """A trial's searched values as a reader wants them: a layer mapping as its label."""
     params = {k: search_space.decode(v) for k, v in (trial.params or {}).items()}
-    if ctx is None or not any(key.startswith(f"{MAPPING_KEY}.") for key in params):
+    if ctx is None or not samples_mapping(trial):
         return params
     resolved = rerun_params(trial, ctx)
     mapping = resolved.get(MAPPING_KEY)
