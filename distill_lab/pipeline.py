@@ -17,6 +17,7 @@ from distill_lab.data.align import EncodedSplit, encode_sentences, label_index
 from distill_lab.data.corpus import NerCorpus
 from distill_lab.data.loader import load_corpus, training_sentences
 from distill_lab.distill.engine import Objective, OnEval, TrainRecipe, TrainResult, resolve_device, train
+from distill_lab.distill import resume
 from distill_lab.distill.mapping import LayerMapping, describe
 from distill_lab.distill.projection import build_projections
 from distill_lab.distill.teacher_cache import live_teacher_targets, teacher_targets
@@ -53,6 +54,7 @@ class RunResult:
     dev_sentences: list[Any] = field(default_factory=list)
     precision: str = "fp32"  # what the run really used (training.precision 'auto' resolved)
     inference_speed: speed.Speed | None = None  # inference sentences/s, student vs teacher (training.speed_sentences)
+    resume_point: resume.ResumePoint | None = None  # left for the caller (run_distillation's keep_resume)
 
     @property
     def retention(self) -> float:
@@ -142,13 +144,16 @@ def build_student(config: RunConfig, teacher: Teacher, labels: tuple[str, ...], 
 
 
 def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage: StageCallback | None = None,
-                     corpus: NerCorpus | None = None, plan: RunPlan | None = None) -> RunResult:
+                     corpus: NerCorpus | None = None, plan: RunPlan | None = None,
+                     keep_resume: bool = False) -> RunResult:
     """Fine-tune (or reuse) the teacher, build and distil the student, score it on dev and test.
 
     `plan`: the run's plan when the caller made it already (a study makes it once per trial);
     otherwise it is made here, before the teacher fine-tune, so a bad spec fails in seconds.
     `corpus`: a corpus the caller shares across runs (a study worker's); its tokenised splits are then
     kept for the process's later runs on it, as the loaded teacher always is.
+    `keep_resume`: leave the run's resume point (training.resume_every_minutes) for the caller to
+    discard once it has recorded the result (a study: when the trial's every seed is done).
     """
     started = time.perf_counter()
     if config.training.num_threads:
@@ -175,8 +180,9 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
     objective = _objective(config, plan, teacher, student, splits["teacher_train"], device, run_precision,
                            class_weights)
     recipe = train_recipe(config, run_precision)
-    result = train(student, splits["train"], splits["dev"], labels, recipe, objective, device=device,
-                   on_eval=on_eval, progress=report("distill"))
+    with resume.held(resume.for_run(config, teacher.fingerprint)) as point:
+        result = train(student, splits["train"], splits["dev"], labels, recipe, objective, device=device,
+                       on_eval=on_eval, progress=report("distill"), resume=point)
     scores = _score(config, corpus, student, splits, result, device, run_precision, teacher.dev_f1,
                     # On transfer text the teacher never fitted, a student above it is KD working.
                     distils=plan.needs_teacher and config.data.transfer is None)
@@ -186,7 +192,7 @@ def run_distillation(config: RunConfig, *, on_eval: OnEval | None = None, stage:
         init=init_report, layer_mapping=plan.mapping, train_result=result, **scores,
         student_params=models.count_parameters(student), teacher_params=models.count_parameters(teacher.model),
         wall_seconds=time.perf_counter() - started, dev_sentences=list(corpus.dev), precision=run_precision,
-        inference_speed=run_speed)
+        inference_speed=run_speed, resume_point=point if keep_resume else resume.discarded(point))
 
 
 # Tokenised splits a process already made (a worker's trials and seeds share them): key -> (corpus, splits);

@@ -18,6 +18,7 @@ from filelock import FileLock, Timeout
 from distill_lab import models
 from distill_lab.data.align import encode_sentences, label_index
 from distill_lab.data.corpus import NerCorpus, fingerprint
+from distill_lab.distill import resume
 from distill_lab.distill.engine import Objective, Progress, TrainRecipe, train
 from distill_lab.evaluation import evaluate
 from distill_lab.paths import home_dir
@@ -154,12 +155,15 @@ def _fine_tune(config: RunConfig, corpus: NerCorpus, ref: models.ModelRef, token
     # the engine's defaults: the teacher recipe is part of its cache fingerprint, as written.
     recipe = TrainRecipe.from_settings(recipe_spec, eval_every=10**9, eval_batch_size=config.training.eval_batch_size,
                                        precision=precision)
-    result = train(model, train_split, dev_split, labels, recipe, Objective(), device=device, progress=progress)
+    with resume.held(resume.for_fine_tune(config, key)) as point:  # a killed fine-tune continues where it was
+        result = train(model, train_split, dev_split, labels, recipe, Objective(), device=device, progress=progress,
+                       resume=point)
     test_scores, _ = evaluate(model, test_split, labels, batch_size=recipe.eval_batch_size, device=device,
                               precision=precision)
     info = {"dev_f1": result.best_dev_f1, "test_f1": test_scores.f1, "fine_tune_seconds": result.wall_seconds,
             "reference": ref.reference, "recipe": recipe_spec.model_dump(), "steps": result.steps, "precision": precision}
     _publish(model, tokenizer, directory, info)
+    resume.discarded(point)
     model.eval()
     return _remember(Teacher(model, tokenizer, ref, result.best_dev_f1, test_scores.f1, key, str(directory), False,
                              result.wall_seconds))

@@ -34,6 +34,7 @@ from distill_lab import naming, pipeline, search_space, signals
 from distill_lab import study as driver
 from distill_lab.study import objective, optuna_compat, workers
 from distill_lab.errors import DistillLabError, SpecError
+from distill_lab.paths import home_dir
 from distill_lab.spec import parse_spec, set_dotted
 from distill_lab.signals import reset_interrupts, worker_interrupts
 from distill_lab.study_runner import run_study
@@ -1175,3 +1176,48 @@ def test_an_interrupt_python_swallows_is_still_seen():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "Exception ignored in" in result.stderr and "KeyboardInterrupt" in result.stderr
     assert result.stdout.strip() == "carried on True"
+
+
+def test_a_trial_interrupted_in_its_second_seed_resumes_its_seeds_where_they_were(store, monkeypatch):
+    """Resume points (training.resume_every_minutes): the re-queued trial scores the finished first seed
+    without training it and trains the second from its last point; afterwards no point is left."""
+    grid = {"distill.temperature": {"type": "grid", "values": [2.0]}}
+    ctx = _ctx(_spec({"study.n_trials": 1, "study.seeds": [1, 2], "study.sampler": "grid", "study.search_space": grid,
+                      "training.resume_every_minutes": 1e-9}), store)  # a point after every step
+    study = driver.create_or_load(ctx, driver.open_storage(ctx.storage_url))
+    tracker = Tracker(ctx.tracking_uri)
+    driver.ensure_tracking(ctx, study, tracker)
+    real, calls = pipeline.run_distillation, []
+
+    def killed_in_seed_two_step_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            inner = kwargs["stage"]
+
+            def stage(name, done, total):
+                if name == "distill" and done == 3:
+                    raise KeyboardInterrupt("Ctrl-C")
+                inner(name, done, total)
+            kwargs["stage"] = stage
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "run_distillation", killed_in_seed_two_step_three)
+    driver.enqueue_missing_grid_points(study, ctx.spec)
+    with pytest.raises(KeyboardInterrupt):
+        driver.work(ctx)
+    monkeypatch.setattr(objective, "run_distillation", real)
+    points = home_dir() / "resume"
+    assert len(list(points.glob("run-*.pt"))) == 2  # seed 1 at its end, seed 2 at step 2
+
+    study = _load(store)
+    first_seed = study.trials[0].user_attrs["dev_f1_per_seed"]["1"]
+    driver.reconcile(study, ctx, tracker)  # the grid point goes back to the queue
+    driver.work(ctx)
+    study = _load(store)
+    assert _states(study) == ["FAIL", "COMPLETE"]
+    done = study.trials[1]
+    run = tracker.client.get_run(done.user_attrs["mlflow_run_id"])
+    steps = max(m.step for m in tracker.client.get_metric_history(run.info.run_id, "dev_precision"))  # seed 1's
+    assert run.data.metrics["resumed_steps"] == steps + 2  # all of seed 1, two steps of seed 2
+    assert done.user_attrs["dev_f1_per_seed"]["1"] == first_seed
+    assert list(points.glob("run-*.pt")) == []  # discarded once the trial's result was logged

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from distill_lab.data.align import EncodedSplit, bucketed_batches, gather_words,
 from distill_lab.distill import losses
 from distill_lab.distill.mapping import LayerMapping, hidden_index
 from distill_lab.distill.projection import project_pair
+from distill_lab.distill.resume import LoopState, ResumePoint
 from distill_lab.distill.teacher_cache import TeacherTargets
 from distill_lab.errors import SpecError, TrialError
 from distill_lab.evaluation import Scores, evaluate
@@ -32,6 +34,8 @@ SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_
 
 OnEval = Callable[[int, dict[str, float]], bool]
 Progress = Callable[[int, int], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,7 @@ class TrainResult:
     last_dev_scores: Scores | None = None
     last_dev_predictions: list[list[str]] | None = None  # of the final weights
     checkpoint: str = "best_dev"  # which of the two the model holds after train()
+    resumed_from: int = 0  # the step a resume point gave this run (0: trained from the start)
 
     @property
     def kept_scores(self) -> Scores | None:
@@ -277,49 +282,79 @@ def _prepare(model: nn.Module, train_split: EncodedSplit, recipe: TrainRecipe, o
 
 def train(model: nn.Module, train_split: EncodedSplit, dev_split: EncodedSplit, labels: Sequence[str],
           recipe: TrainRecipe, objective: Objective, *, device: torch.device | None = None,
-          on_eval: OnEval | None = None, progress: Progress | None = None) -> TrainResult:
-    """Train `model` on `train_split`, evaluating on `dev_split`; the best dev-F1 weights are kept."""
+          on_eval: OnEval | None = None, progress: Progress | None = None,
+          resume: ResumePoint | None = None) -> TrainResult:
+    """Train `model` on `train_split`, evaluating on `dev_split`; the best dev-F1 weights are kept.
+
+    `resume`: this run's resume point (held by the caller): its saved state, if any, is where the loop
+    starts, and the loop saves there as often as the point says and when training ends.
+    """
     device = device or torch.device("cpu")
     optimizer, trainable, scheduler, total_steps, objective = _prepare(model, train_split, recipe, objective, device)
     batches = bucketed_batches if recipe.batching == "length_buckets" else random_batches
     result = TrainResult(best_dev_f1=-1.0, best_step=0, steps=0, checkpoint=recipe.checkpoint)
-    best_state: dict[str, torch.Tensor] | None = None
-    running: dict[str, float] = {}
+    modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "projections": objective.projections}
+    loop = _resumed(resume, modules, result, on_eval)
     started = time.perf_counter()
-    step, epoch = 0, 0
     model.train()
-    while step < total_steps and not result.stopped_early:
-        for indices in batches(train_split.lengths, recipe.batch_size, seed=recipe.seed, epoch=epoch):
-            if step >= total_steps:
+    while loop.step < total_steps and not result.stopped_early:
+        for position, indices in enumerate(batches(train_split.lengths, recipe.batch_size, seed=recipe.seed,
+                                                   epoch=loop.epoch)):
+            if position < loop.epoch_step:  # taken before the resume point
+                continue
+            if loop.step >= total_steps:
                 break
             batch = train_split.batch(indices)
             with autocast(device, recipe.precision):  # forward
                 parts = objective.losses(model, batch, device)
             if not torch.isfinite(parts["total"]):
-                raise TrialError(f"loss became {parts['total'].item()} at step {step + 1} (lower the learning rate?)")
+                raise TrialError(f"loss became {parts['total'].item()} at step {loop.step + 1} (lower the learning rate?)")
             optimizer.zero_grad(set_to_none=True)  # backward, step
             parts["total"].backward()
             torch.nn.utils.clip_grad_norm_(trainable, recipe.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            step += 1
+            loop.step, loop.epoch_step = loop.step + 1, loop.epoch_step + 1
             result.train_tokens += int(batch["attention_mask"].sum())
             for name, value in parts.items():
-                running[name] = running.get(name, 0.0) + float(value.detach())
-            running["_count"] = running.get("_count", 0.0) + 1
+                loop.running[name] = loop.running.get(name, 0.0) + float(value.detach())
+            loop.running["_count"] = loop.running.get("_count", 0.0) + 1
             if progress is not None:
-                progress(step, total_steps)
-            if (recipe.eval_every and step % recipe.eval_every == 0) or step == total_steps:  # evaluate + log
-                metrics, state = _evaluate(model, dev_split, labels, recipe, device, result, running,
-                                           lr=optimizer.param_groups[0]["lr"], epoch=epoch, step=step)
-                running, best_state = {}, state if state is not None else best_state
-                if on_eval is not None and on_eval(step, metrics):
+                progress(loop.step, total_steps)
+            if (recipe.eval_every and loop.step % recipe.eval_every == 0) or loop.step == total_steps:  # evaluate + log
+                metrics, state = _evaluate(model, dev_split, labels, recipe, device, result, loop.running,
+                                           lr=optimizer.param_groups[0]["lr"], epoch=loop.epoch, step=loop.step)
+                loop.running, loop.best_state = {}, state if state is not None else loop.best_state
+                if on_eval is not None and on_eval(loop.step, metrics):
                     result.stopped_early = True
                     break
-        epoch += 1
-    result.steps = step
-    result.wall_seconds = time.perf_counter() - started
-    if best_state is not None and recipe.checkpoint == "best_dev":
-        model.load_state_dict(best_state)
+            if resume is not None and loop.step < total_steps and resume.due():
+                resume.save(modules, _elapsed(loop, started), result)
+        loop.epoch, loop.epoch_step = loop.epoch + 1, 0
+    result.steps = loop.step
+    result.wall_seconds = _elapsed(loop, started).elapsed
+    if resume is not None and not result.stopped_early and (resume.due() or resume.path.exists()):
+        resume.save(modules, _elapsed(loop, started), result)  # a finished seed: a re-run only scores it
+    if loop.best_state is not None and recipe.checkpoint == "best_dev":
+        model.load_state_dict(loop.best_state)
     model.eval()
     return result
+
+
+def _elapsed(loop: LoopState, started: float) -> LoopState:
+    return dataclasses.replace(loop, elapsed=loop.elapsed + time.perf_counter() - started)
+
+
+def _resumed(resume: ResumePoint | None, modules: dict[str, Any], result: TrainResult,
+             on_eval: OnEval | None) -> LoopState:
+    """The loop's state: fresh, or a resume point's, whose evaluations the caller then hears again."""
+    loop = resume.load(modules, result) if resume is not None else None
+    if loop is None:
+        return LoopState()
+    result.resumed_from = loop.step
+    log.warning("resuming from step %d (a resume point an earlier run of this config and seed left)", loop.step)
+    for metrics in result.history:  # for the caller's records and pruner, as if this run had made them
+        if on_eval is not None and on_eval(int(metrics["step"]), dict(metrics)):
+            result.stopped_early = True
+            break
+    return loop

@@ -162,6 +162,8 @@ class TrainingSpec(OptimisationSpec):
     # per batch (every word weighs the same; same scale as batch_mean on average).
     loss_normalization: Literal["batch_mean", "fixed_tokens"] = "batch_mean"
     speed_sentences: int = Field(256, ge=0)  # dev sentences timed for the speedup column (speed.py); 0 = off
+    # Resume points (distill/resume.py): a killed run continues from its state, saved this often; 0 = never.
+    resume_every_minutes: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
     def _end_only_evaluation(self) -> "TrainingSpec":

@@ -22,6 +22,7 @@ import yaml
 from distill_lab import models, naming, precision
 from distill_lab.data.corpus import NerCorpus
 from distill_lab.data.loader import load_corpus
+from distill_lab.distill import resume
 from distill_lab.distill.engine import resolve_device
 from distill_lab.pipeline import RunResult, run_distillation
 from distill_lab.plan import RunPlan, check_grid, load_plan
@@ -88,6 +89,7 @@ def run_trial(trial: optuna.Trial, ctx: StudyContext, tracker: Tracker, experime
             raise
         value = _log_final(run, results, trial)
         run.set_tags({OPTUNA_STATE: "COMPLETE"})
+        discard_resume_points(results)
     finish = functools.partial(_finish_run, tracker, run, results[0], base, ctx, deferred=defer is not None)
     if defer is None:
         finish()
@@ -139,7 +141,27 @@ class TrialProgress:
 
 def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: dict[str, Any],
                stage: Stage | None) -> list[RunResult]:
+    """Every seed of the trial. Their resume points stay until the trial's result is logged (the
+    caller discards them): a worker killed in seed 3 leaves seeds 1 and 2 for the re-queued trial,
+    which then only scores them. A pruned or failed trial discards them; an interrupt keeps them."""
     results: list[RunResult] = []
+    try:
+        _seed_loop(trial, ctx, run, params, stage, results)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        discard_resume_points(results)
+        raise
+    return results
+
+
+def discard_resume_points(results: list[RunResult]) -> None:
+    for result in results:
+        resume.discarded(result.resume_point)
+
+
+def _seed_loop(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: dict[str, Any],
+               stage: Stage | None, results: list[RunResult]) -> None:
     progress = TrialProgress(trial, len(ctx.seeds))
     plan: RunPlan | None = None  # the seed changes nothing the plan decides: made once per trial
     for seed_index, seed in enumerate(ctx.seeds):
@@ -158,7 +180,7 @@ def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: d
 
         plan = plan or load_plan(config)
         result = run_distillation(config, on_eval=on_eval, stage=progress.stage(seed_index, stage),
-                                  corpus=corpus_for(config), plan=plan)
+                                  corpus=corpus_for(config), plan=plan, keep_resume=True)
         results.append(result)
         # Each seed's kept score as soon as it is known: `study status` shows the finished seeds of a
         # running trial (a multi-seed trial of a big model runs for an hour); _log_final writes it again.
@@ -168,7 +190,6 @@ def _run_seeds(trial: optuna.Trial, ctx: StudyContext, run: RunHandle, params: d
             run.set_tags({OPTUNA_STATE: "PRUNED"})
             _log_final(run, results, trial)
             raise optuna.TrialPruned(f"pruned at step {result.train_result.steps}")
-    return results
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -190,6 +211,7 @@ def final_metrics(results: list[RunResult]) -> dict[str, float]:
         "tokens_per_second": statistics.fmean(r.train_result.tokens_per_second for r in results),
         "wall_seconds": sum(r.wall_seconds for r in results),
         "n_seeds": len(results),
+        "resumed_steps": sum(r.train_result.resumed_from for r in results),  # steps resume points gave
         "dev_f1_best_eval": statistics.fmean(r.train_result.best_dev_f1 for r in results),
         "dev_f1_last_eval": statistics.fmean(
             r.train_result.last_dev_scores.f1 if r.train_result.last_dev_scores else r.dev.f1 for r in results),
