@@ -295,7 +295,8 @@ def rerun_trial(study_name: str, trial_number: int | None, run_id: str | None, s
     recorded = trial.user_attrs.get("dev_f1_per_seed", {})
     rows = []
     for seed in ctx.seeds:
-        config = resolve(spec, {**params, "training.seed": seed})
+        # Every step trained again (no resume point of a killed run): the check is the point.
+        config = resolve(spec, {**params, "training.seed": seed, "training.resume_every_minutes": 0})
         result = run_distillation(config)
         before = recorded.get(str(seed))
         now = result.train_result.best_dev_f1
