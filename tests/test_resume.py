@@ -163,3 +163,16 @@ def test_a_run_keeps_its_point_for_the_caller_and_a_rerun_only_scores(monkeypatc
     assert again.dev.f1 == kept.dev.f1 and again.test.f1 == kept.test.f1
     assert again.resume_point is None and not kept.resume_point.path.exists()  # a plain run discards it
     assert list((home_dir() / "resume").glob("run-*.pt")) == []
+
+
+def test_a_point_that_cannot_be_written_leaves_the_run_training(tmp_path, monkeypatch, caplog):
+    def full_disk(state, path):
+        open(path, "wb").close()  # a partial file, then the failure
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(resume.torch, "save", full_disk)
+    split = _split()
+    with caplog.at_level(logging.WARNING, logger="distill_lab.distill.resume"):
+        result = train(_model(), split, split, LABELS, RECIPE, Objective(), resume=_point(tmp_path))
+    assert result.steps == 6 and "not written" in caplog.text and "No space left" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-test.pt.lock"]  # no point, no partial file

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ def resume_key(config: Any, teacher_fingerprint: str) -> str:
         for name in names:
             values.get(section, {}).pop(name, None)
     blob = json.dumps({"config": values, "teacher": teacher_fingerprint, "format": FORMAT}, sort_keys=True)
-    return f"run-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(values.get("name", "")))[:60]  # whose point it is, at a glance
+    return f"run-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
 class ResumePoint:
@@ -104,10 +106,15 @@ class ResumePoint:
             "loop": {f.name: getattr(loop, f.name) for f in dataclasses.fields(loop)},
             "result": _result_state(result),
         }
-        self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
-        torch.save(state, partial)
-        os.replace(partial, self.path)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            torch.save(state, partial)
+            os.replace(partial, self.path)
+        except OSError as err:  # e.g. a full disk: the run goes on without this point
+            log.warning("resume point %s not written (%s); training goes on", self.path.name, err)
+            with contextlib.suppress(OSError):
+                partial.unlink()
         self._last_save = time.monotonic()
 
     def load(self, modules: dict[str, Any], result: Any) -> LoopState | None:
