@@ -176,3 +176,28 @@ def test_a_point_that_cannot_be_written_leaves_the_run_training(tmp_path, monkey
         result = train(_model(), split, split, LABELS, RECIPE, Objective(), resume=_point(tmp_path))
     assert result.steps == 6 and "not written" in caplog.text and "No space left" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run-test.pt.lock"]  # no point, no partial file
+
+
+def test_a_killed_teacher_fine_tune_resumes_to_the_same_teacher():
+    import shutil
+
+    from distill_lab import teacher as teachers
+    from distill_lab.data.loader import load_corpus
+
+    config = _config("teacher.finetune.seed=77", "training.resume_every_minutes=1e-9")  # a teacher no test shares
+    corpus = load_corpus(config.data)
+    cpu = torch.device("cpu")
+    with pytest.raises(Killed):
+        teachers.prepare_teacher(config, corpus, device=cpu, progress=_kill_at(4))
+    assert len(list((home_dir() / "resume").glob("finetune-*.pt"))) == 1
+    resumed = teachers.prepare_teacher(config, corpus, device=cpu)
+    assert list((home_dir() / "resume").glob("finetune-*.pt")) == []  # discarded once the teacher is published
+    weights = _weights(resumed.model)
+
+    shutil.rmtree(resumed.directory)  # the same fine-tune again, uninterrupted
+    teachers._LOADED.clear()
+    whole = teachers.prepare_teacher(_config("teacher.finetune.seed=77", "training.resume_every_minutes=0"),
+                                     corpus, device=cpu)
+    assert whole.fingerprint == resumed.fingerprint and whole.reused is False
+    assert (whole.dev_f1, whole.test_f1) == (resumed.dev_f1, resumed.test_f1)
+    assert all(torch.equal(whole.model.state_dict()[k], v) for k, v in weights.items())
