@@ -17,6 +17,7 @@ from rich.table import Table
 
 from distill_lab import search_space
 from distill_lab import study as driver
+from distill_lab.distill import resume
 from distill_lab.data.loader import check_data
 from distill_lab.errors import DistillLabError, SpecError, TrialError
 from distill_lab.masking import mask_url
@@ -70,6 +71,9 @@ def run_study(ctx: driver.StudyContext, *, workers: int, console: Console, out: 
     orphans = driver.end_orphan_runs(study, tracker, experiment_id)
     if fixed or orphans:
         console.print(f"resumed: {fixed} trial(s) of dead workers marked FAIL, {orphans} orphan MLflow run(s) ended")
+    if points := resume.points_of(ctx.spec.name):
+        console.print(f"{len(points)} seed(s) of stopped trials left resume points on this machine: "
+                      "their trials continue from them")
     tracker.client.update_run(parent_run_id, status="RUNNING")
     sigterm_interrupts()
     status = "FINISHED"

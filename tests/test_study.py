@@ -1211,8 +1211,8 @@ def test_a_trial_interrupted_in_its_second_seed_resumes_its_seeds_where_they_wer
 
     study = _load(store)
     first_seed = study.trials[0].user_attrs["dev_f1_per_seed"]["1"]
-    driver.reconcile(study, ctx, tracker)  # the grid point goes back to the queue
-    driver.work(ctx)
+    code, printed = _run(ctx)  # `study run` again: the grid point goes back to the queue
+    assert code == 0 and "2 seed(s) of stopped trials left resume points on this machine" in printed
     study = _load(store)
     assert _states(study) == ["FAIL", "COMPLETE"]
     done = study.trials[1]

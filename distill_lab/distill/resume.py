@@ -59,8 +59,16 @@ def resume_key(config: Any, teacher_fingerprint: str) -> str:
         for name in names:
             values.get(section, {}).pop(name, None)
     blob = json.dumps({"config": values, "teacher": teacher_fingerprint, "format": FORMAT}, sort_keys=True)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(values.get("name", "")))[:60]  # whose point it is, at a glance
-    return f"run-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
+    return f"run-{_file_name(str(values.get('name', '')))}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
+
+
+def _file_name(study: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", study)[:60]  # whose point it is, at a glance
+
+
+def points_of(study: str) -> list[Path]:
+    """The resume points runs of `study` left on this machine (for `study run` to say so)."""
+    return sorted((home_dir() / "resume").glob(f"run-{_file_name(study)}-*.pt"))
 
 
 class ResumePoint:
